@@ -16,13 +16,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from .effects import BLOCKS_MAX, BLOCKS_MIN, EFFECT_NAMES, SHAPES, STRENGTH_MAX, STRENGTH_MIN
 from .errors import InvalidOptionsError
+from .imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 TARGETS = ("face", "plate")
-EFFECTS = ("blur", "pixelate", "fill", "logo", "deform")
-SHAPES = ("ellipse", "box")
-OUTPUT_FORMATS = ("jpeg", "png", "webp", "bmp", "tiff")
-DEFAULT_MAX_PIXELS = 100_000_000
+EFFECTS = EFFECT_NAMES
 
 _PER_TARGET_KEYS = ("effect", "threshold", "margin", "shape", "strength", "blocks", "color")
 _GLOBAL_KEYS = ("targets", "format", "quality", "max_pixels")
@@ -159,7 +158,9 @@ def _parse_targets(raw: str) -> tuple[str, ...]:
     names = [{"faces": "face", "plates": "plate"}.get(n, n) for n in names]
     bad = [n for n in names if n not in TARGETS]
     if bad or not names:
-        raise InvalidOptionsError(f"targets must be a comma-separated subset of {', '.join(TARGETS)}; got {raw!r}")
+        raise InvalidOptionsError(
+            f"targets must be a comma-separated subset of {', '.join(TARGETS)}; got {raw!r}"
+        )
     return tuple(t for t in TARGETS if t in names)
 
 
@@ -193,7 +194,12 @@ def _parse_int(raw: str, name: str, low: int, high: int) -> int:
     return value
 
 
-_COLOR_NAMES = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128), "gray": (128, 128, 128)}
+_COLOR_NAMES = {
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+}
 
 
 def _parse_color(raw: str, name: str) -> tuple[int, int, int]:
@@ -215,11 +221,11 @@ def _parse_format(raw: str) -> str:
 
 
 _PARSERS = {
-    "effect": _parse_choice(EFFECTS),
+    "effect": _parse_choice(EFFECT_NAMES),
     "shape": _parse_choice(SHAPES),
     "threshold": lambda raw, name: _parse_float(raw, name, 0.01, 0.99),
     "margin": lambda raw, name: _parse_float(raw, name, 0.0, 1.0),
-    "strength": lambda raw, name: _parse_float(raw, name, 0.5, 5.0),
-    "blocks": lambda raw, name: _parse_int(raw, name, 2, 64),
+    "strength": lambda raw, name: _parse_float(raw, name, STRENGTH_MIN, STRENGTH_MAX),
+    "blocks": lambda raw, name: _parse_int(raw, name, BLOCKS_MIN, BLOCKS_MAX),
     "color": _parse_color,
 }

@@ -1,0 +1,734 @@
+"""imageio: sniffing, header probing, bomb/animation/truncation refusal, orientation, encode, metadata.
+
+Every input is generated here (cv2/numpy or hand-crafted bytes), never read from disk.
+"""
+
+import struct
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from anonymizer import imageio
+from anonymizer.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
+from anonymizer.imageio import decode, encode, metadata_markers, output_format_for, probe
+
+# ---------------------------------------------------------------------------------------------
+# builders
+
+
+def asymmetric(h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
+    """Flat 16x16 blocks of random colours: no symmetry, and JPEG keeps it well."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(blocks, 16, 0), 16, 1)[:h, :w])
+
+
+def cv_encode(img: np.ndarray, ext: str, params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(ext, img, params or [])
+    assert ok
+    return buf.tobytes()
+
+
+def tiff_structure(
+    entries: list[tuple[int, int, int, int | bytes]], le: bool = True, next_ifd: int = 0
+) -> bytes:
+    """TIFF header + IFD0; entries are (tag, type, count, int value or raw bytes)."""
+    e = "<" if le else ">"
+    entries = sorted(entries)
+    out = (b"II" if le else b"MM") + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", len(entries))
+    extra = b""
+    extra_at = 8 + 2 + 12 * len(entries) + 4
+    for tag, typ, count, value in entries:
+        if isinstance(value, int):
+            field = struct.pack(e + "H", value) + b"\0\0" if typ == 3 else struct.pack(e + "I", value)
+        elif len(value) <= 4:
+            field = value.ljust(4, b"\0")
+        else:
+            field = struct.pack(e + "I", extra_at + len(extra))
+            extra += value + b"\0" * (len(value) & 1)
+        out += struct.pack(e + "HHI", tag, typ, count) + field
+    return out + struct.pack(e + "I", next_ifd) + extra
+
+
+def exif(orientation: int | None = None, gps: bool = False, padding: int = 0) -> bytes:
+    """TIFF-structured EXIF with an Orientation tag, a GPS IFD and/or a big MakerNote-like blob."""
+    entries: list[tuple[int, int, int, int | bytes]] = []
+    if orientation is not None:
+        entries.append((0x0112, 3, 1, orientation))
+    if padding:
+        entries.append((0x927C, 7, padding, b"\x42" * padding))
+    if gps:
+        entries.append((34853, 4, 1, 0))  # patched below once we know where the GPS IFD lands
+    blob = tiff_structure(entries)
+    if gps:
+        gps_ifd = struct.pack("<H", 1) + struct.pack("<HHI", 1, 2, 2) + b"N\0\0\0" + struct.pack("<I", 0)
+        offset = len(blob)
+        blob = tiff_structure([(t, ty, c, offset if t == 34853 else v) for t, ty, c, v in entries]) + gps_ifd
+    return blob
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def with_segment(jpeg: bytes, seg: bytes) -> bytes:
+    """Insert a segment right after SOI (where cameras put APP1)."""
+    return jpeg[:2] + seg + jpeg[2:]
+
+
+def app1_exif(blob: bytes) -> bytes:
+    return segment(0xE1, b"Exif\0\0" + blob)
+
+
+def png_chunk(ctype: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
+
+
+def png_after_ihdr(png: bytes, *chunks: bytes) -> bytes:
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+def make_png(
+    width: int, height: int, color_type: int, rows: list[bytes], *extra: bytes, depth: int = 8
+) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    raw = b"".join(b"\0" + r for r in rows)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + b"".join(extra)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def make_tiff(img: np.ndarray, orientation: int | None = None, le: bool = True, extra=()) -> bytes:
+    """Uncompressed RGB TIFF with one strip."""
+    h, w = img.shape[:2]
+    data = np.ascontiguousarray(img[:, :, ::-1]).tobytes()
+    e = "<" if le else ">"
+
+    def entries(strip_at: int) -> list:
+        out = [
+            (256, 4, 1, w),
+            (257, 4, 1, h),
+            (258, 3, 3, struct.pack(e + "HHH", 8, 8, 8)),
+            (259, 3, 1, 1),
+            (262, 3, 1, 2),
+            (273, 4, 1, strip_at),
+            (277, 3, 1, 3),
+            (278, 4, 1, h),
+            (279, 4, 1, len(data)),
+            *extra,
+        ]
+        if orientation is not None:
+            out.append((274, 3, 1, orientation))
+        return out
+
+    head = tiff_structure(entries(0), le)
+    return tiff_structure(entries(len(head)), le) + data
+
+
+def webp_container(width: int, height: int, flags: int, *chunks: tuple[bytes, bytes]) -> bytes:
+    """Extended (VP8X) WebP from (fourcc, payload) chunks."""
+    vp8x = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = b""
+    for fourcc, payload in (b"VP8X", vp8x), *chunks:
+        body += fourcc + struct.pack("<I", len(payload)) + payload + b"\0" * (len(payload) & 1)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def vp8l_chunk(img: np.ndarray) -> tuple[bytes, bytes]:
+    """The VP8L chunk of an OpenCV lossless WebP (fourcc, payload)."""
+    simple = cv_encode(img, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert simple[12:16] == b"VP8L"
+    (size,) = struct.unpack_from("<I", simple, 16)
+    return b"VP8L", simple[20 : 20 + size]
+
+
+def gif_frame(w: int, h: int, x: int = 0, y: int = 0) -> bytes:
+    """Graphic control extension + image descriptor + LZW data (min code size 2) of colour 0.
+
+    Clear code before every pixel keeps the code size at 3 bits, so the bit packing stays trivial.
+    """
+    codes = [4, 0] * (w * h) + [5]
+    bits = 0
+    for k, code in enumerate(codes):
+        bits |= code << (3 * k)
+    lzw = bits.to_bytes((3 * len(codes) + 7) // 8, "little")
+    gce = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"
+    desc = b"\x2c" + struct.pack("<HHHH", x, y, w, h) + b"\x00"
+    return gce + desc + b"\x02" + bytes([len(lzw)]) + lzw + b"\x00"
+
+
+def make_gif(w: int, h: int, frames: int, *extensions: bytes) -> bytes:
+    lsd = struct.pack("<HH", w, h) + b"\x80\x00\x00"  # global colour table of 2 entries
+    palette = b"\xff\x00\x00\x00\x00\xff"
+    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    return b"GIF89a" + lsd + palette + loop + b"".join(extensions) + gif_frame(w, h) * frames + b"\x3b"
+
+
+DC_BITS = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]  # standard DC table (ITU T.81 K.3)
+
+
+def make_cmyk_jpeg(blocks: np.ndarray) -> bytes:
+    """Baseline 4-component (Adobe, transform 0) JPEG, each 8x8 block flat: DC terms only.
+
+    OpenCV cannot write CMYK, and we avoid Pillow, so the entropy coding is done by hand: the
+    DC table is the standard one, the AC table holds the single symbol EOB coded as '0'.
+    """
+    bh, bw, _ = blocks.shape
+    codes, code, symbol = {}, 0, 0
+    for length, count in enumerate(DC_BITS, 1):
+        for _ in range(count):
+            codes[symbol] = (code, length)
+            code, symbol = code + 1, symbol + 1
+        code <<= 1
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
+
+    pred = [0, 0, 0, 0]
+    for y in range(bh):
+        for x in range(bw):
+            for c in range(4):
+                dc = 8 * (int(blocks[y, x, c]) - 128)  # quantizer 1, level shift 128
+                diff, pred[c] = dc - pred[c], dc
+                cat = abs(diff).bit_length()
+                put(*codes[cat])
+                if cat:
+                    put(diff if diff > 0 else diff + (1 << cat) - 1, cat)
+                put(0, 1)  # EOB
+    bits.extend([1] * (-len(bits) % 8))
+    ecs = bytearray()
+    for i in range(0, len(bits), 8):
+        byte = int("".join(map(str, bits[i : i + 8])), 2)
+        ecs += b"\xff\x00" if byte == 0xFF else bytes([byte])
+    components = b"".join(bytes([i + 1, 0x11, 0]) for i in range(4))
+    return (
+        b"\xff\xd8"
+        + segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0))
+        + segment(0xDB, b"\x00" + bytes([1] * 64))
+        + segment(0xC0, struct.pack(">BHHB", 8, bh * 8, bw * 8, 4) + components)
+        + segment(0xC4, b"\x00" + bytes(DC_BITS) + bytes(range(12)))
+        + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
+        + segment(0xDA, b"\x04" + b"".join(bytes([i + 1, 0]) for i in range(4)) + b"\x00\x3f\x00")
+        + bytes(ecs)
+        + b"\xff\xd9"
+    )
+
+
+def make_gray12_jpeg(blocks: np.ndarray) -> bytes:
+    """Extended (SOF1) 12-bit greyscale JPEG, flat blocks, DC categories coded on 5 bits each."""
+    bh, bw = blocks.shape
+    bits: list[int] = []
+
+    def put(value: int, n: int) -> None:
+        bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
+
+    pred = 0
+    for value in blocks.ravel():
+        dc = 8 * (int(value) - 2048)
+        diff, pred = dc - pred, dc
+        cat = abs(diff).bit_length()
+        put(cat, 5)
+        if cat:
+            put(diff if diff > 0 else diff + (1 << cat) - 1, cat)
+        put(0, 1)
+    bits.extend([1] * (-len(bits) % 8))
+    ecs = bytearray()
+    for i in range(0, len(bits), 8):
+        byte = int("".join(map(str, bits[i : i + 8])), 2)
+        ecs += b"\xff\x00" if byte == 0xFF else bytes([byte])
+    return (
+        b"\xff\xd8"
+        + segment(0xDB, b"\x00" + bytes([1] * 64))
+        + segment(0xC1, struct.pack(">BHHB", 12, bh * 8, bw * 8, 1) + bytes([1, 0x11, 0]))
+        + segment(0xC4, b"\x00" + bytes([0, 0, 0, 0, 16] + [0] * 11) + bytes(range(16)))
+        + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
+        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + bytes(ecs)
+        + b"\xff\xd9"
+    )
+
+
+def upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """What a viewer shows for EXIF orientation 1..8, written independently with numpy."""
+    return {
+        1: img,
+        2: img[:, ::-1],
+        3: img[::-1, ::-1],
+        4: img[::-1],
+        5: img.swapaxes(0, 1),
+        6: np.rot90(img, -1),
+        7: np.rot90(img[:, ::-1], -1),
+        8: np.rot90(img, 1),
+    }[orientation]
+
+
+IMG = asymmetric()
+JPEG = cv_encode(IMG, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+PNG = cv_encode(IMG, ".png")
+
+
+def assert_clean_bgr(d: imageio.DecodedImage, h: int, w: int) -> None:
+    assert d.pixels.shape == (h, w, 3) and d.pixels.dtype == np.uint8
+    assert d.pixels.flags.c_contiguous
+    if d.alpha is not None:
+        assert d.alpha.shape == (h, w) and d.alpha.dtype == np.uint8 and d.alpha.flags.c_contiguous
+
+
+# ---------------------------------------------------------------------------------------------
+# sniffing and probing
+
+
+@pytest.mark.parametrize(
+    ("ext", "params", "fmt"),
+    [
+        (".jpg", [], "jpeg"),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], "jpeg"),
+        (".png", [], "png"),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101], "webp"),  # VP8L
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80], "webp"),  # VP8
+        (".bmp", [], "bmp"),
+        (".tiff", [], "tiff"),
+        (".gif", [], "gif"),
+    ],
+)
+def test_probe_reads_size_from_header(ext: str, params: list[int], fmt: str) -> None:
+    data = cv_encode(asymmetric(23, 37), ext, params)
+    assert probe(data) == imageio.ImageInfo(fmt, 37, 23, False)
+    d = decode(data)
+    assert d.format == fmt
+    assert_clean_bgr(d, 23, 37)
+
+
+def test_probe_other_containers() -> None:
+    img = asymmetric(23, 37)
+    rgba = np.dstack([img, np.full((23, 37), 200, np.uint8)])
+    vp8x = cv_encode(rgba, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 80])
+    assert vp8x[12:16] == b"VP8X"
+    assert probe(vp8x) == imageio.ImageInfo("webp", 37, 23, False)
+    big_endian = make_tiff(img, le=False)
+    assert probe(big_endian) == imageio.ImageInfo("tiff", 37, 23, False)
+    assert np.array_equal(decode(big_endian).pixels, img)
+
+
+def test_sniffing_ignores_names_and_uses_bytes() -> None:
+    # the same bytes are what they are, whatever a caller thinks they are
+    assert probe(PNG).format == "png"
+    assert probe(JPEG).format == "jpeg"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"\x89PN", "truncated header"),
+        (b"hello world, not an image at all", "not an image"),
+        (np.random.default_rng(1).bytes(4096), "not an image"),
+        (JPEG[:20], "truncated header"),
+        (PNG[:20], "truncated header"),
+        (b"BM" + b"\0" * 10, "truncated header"),
+    ],
+)
+def test_probe_rejects_non_images(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidImageError, match=message):
+        probe(data)
+    with pytest.raises(InvalidImageError, match=message):
+        decode(data)
+
+
+def test_recognised_but_unsupported_formats() -> None:
+    with pytest.raises(UnsupportedImageError, match="BigTIFF"):
+        probe(b"II+\x00\x08\x00\x00\x00" + b"\0" * 32)
+    with pytest.raises(UnsupportedImageError, match="HEIC"):
+        probe(b"\x00\x00\x00\x18ftypheic" + b"\0" * 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# bombs, animations, truncation
+
+
+def bomb_png(size: int = 50_000) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 100_000, 9)  # the start of an all-zero image; kilobytes at most
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_refused_from_header() -> None:
+    data = bomb_png()
+    assert len(data) < 2000
+    start = time.perf_counter()
+    assert probe(data) == imageio.ImageInfo("png", 50_000, 50_000, False)
+    with pytest.raises(ImageTooLargeError, match="50000x50000"):
+        decode(data)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_max_pixels_is_configurable() -> None:
+    assert imageio.DEFAULT_MAX_PIXELS >= 50_000_000
+    decode(PNG, max_pixels=48 * 80)
+    with pytest.raises(ImageTooLargeError):
+        decode(PNG, max_pixels=48 * 80 - 1)
+
+
+def test_animated_gif_refused() -> None:
+    data = make_gif(4, 3, frames=2)
+    assert probe(data) == imageio.ImageInfo("gif", 4, 3, True)
+    with pytest.raises(UnsupportedImageError, match="animated"):
+        decode(data)
+    assert "animation" in metadata_markers(data)
+
+
+def test_single_frame_gif_decodes() -> None:
+    data = make_gif(4, 3, frames=1)
+    assert probe(data).animated is False
+    d = decode(data)
+    assert d.format == "gif" and d.quality is None
+    assert_clean_bgr(d, 3, 4)
+    assert (d.pixels == [0, 0, 255]).all()  # palette entry 0 is red, BGR here
+
+
+def test_gif_frame_smaller_than_screen_and_transparency() -> None:
+    lsd = struct.pack("<HH", 4, 3) + b"\x80\x00\x00"
+    transparent_frame = gif_frame(2, 2, 1, 1).replace(b"\x21\xf9\x04\x00", b"\x21\xf9\x04\x01", 1)
+    d = decode(b"GIF89a" + lsd + b"\xff\x00\x00\x00\x00\xff" + transparent_frame + b"\x3b")
+    assert_clean_bgr(d, 3, 4)
+    assert d.alpha is not None and (d.alpha == 0).all()  # colour 0 is the transparent one
+
+
+def test_gif_frame_larger_than_screen_counts_for_the_pixel_limit() -> None:
+    # a 1x1 screen must not smuggle a 60000x60000 frame past the bomb guard
+    lsd = struct.pack("<HH", 1, 1) + b"\x80\x00\x00"
+    frame = gif_frame(1, 1).replace(struct.pack("<HH", 1, 1), struct.pack("<HH", 60_000, 60_000), 1)
+    data = b"GIF89a" + lsd + b"\xff\x00\x00\x00\x00\xff" + frame + b"\x3b"
+    assert probe(data) == imageio.ImageInfo("gif", 1, 1, False)
+    with pytest.raises(ImageTooLargeError):
+        decode(data)
+
+
+def test_animated_webp_refused() -> None:
+    frame = vp8l_chunk(asymmetric(16, 16))
+    anmf = b"\0" * 6 + (15).to_bytes(3, "little") * 2 + (100).to_bytes(3, "little") + b"\0"
+    chunk = frame[0] + struct.pack("<I", len(frame[1])) + frame[1]
+    data = webp_container(
+        16, 16, 0x02, (b"ANIM", b"\0" * 6), (b"ANMF", anmf + chunk), (b"ANMF", anmf + chunk)
+    )
+    assert probe(data) == imageio.ImageInfo("webp", 16, 16, True)
+    with pytest.raises(UnsupportedImageError, match="animated"):
+        decode(data)
+
+
+def test_apng_refused() -> None:
+    png = cv_encode(asymmetric(16, 16), ".png")
+    actl = png_chunk(b"acTL", struct.pack(">II", 2, 0))
+    fctl = png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 16, 16, 0, 0, 1, 10, 0, 0))
+    data = png_after_ihdr(png, actl, fctl)
+    assert probe(data).animated is True
+    with pytest.raises(UnsupportedImageError, match="animated"):
+        decode(data)
+    # acTL after the image data is not an APNG
+    late = png[:-12] + actl + png[-12:]
+    assert probe(late).animated is False
+
+
+NOISE = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # pixel data dominates
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        cv_encode(NOISE, ".jpg"),
+        cv_encode(NOISE, ".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        cv_encode(NOISE, ".png"),
+        cv_encode(NOISE, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
+        cv_encode(NOISE, ".bmp"),
+        make_tiff(NOISE),
+        cv_encode(NOISE, ".gif"),
+    ],
+    ids=["jpeg", "progressive", "png", "webp", "bmp", "tiff", "gif"],
+)
+def test_truncated_files_are_refused(data: bytes) -> None:
+    decode(data)  # the complete file is fine
+    for keep in (len(data) - 1, len(data) - 2, int(len(data) * 0.8), len(data) // 2):
+        cut = data[:keep]
+        assert probe(cut) == probe(data)  # the header is still there
+        with pytest.raises(InvalidImageError, match="truncated"):
+            decode(cut)
+
+
+def test_jpeg_with_trailing_bytes_after_eoi_decodes() -> None:
+    d = decode(JPEG + b"\0" * 10)
+    assert d.pixels.shape == (48, 80, 3)
+    assert metadata_markers(JPEG + b"\0" * 10) == ["trailing-data"]
+
+
+# ---------------------------------------------------------------------------------------------
+# orientation
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_applied_once(orientation: int) -> None:
+    tagged = with_segment(JPEG, app1_exif(exif(orientation)))
+    stored = decode(JPEG).pixels  # same entropy data, no tag
+    expected = upright(stored, orientation)
+    info = probe(tagged)
+    assert (info.height, info.width) == expected.shape[:2]
+    d = decode(tagged)
+    assert np.array_equal(d.pixels, expected)
+    # OpenCV's own EXIF handling (IMREAD_COLOR) agrees with ours, so the definition matches
+    assert np.array_equal(d.pixels, cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR))
+    # and the result is the upright original within JPEG tolerance
+    assert np.abs(d.pixels.astype(int) - upright(IMG, orientation)).mean() < 3
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation_applied_once(orientation: int) -> None:
+    # OpenCV's TIFF reader rotates on its own even with IMREAD_UNCHANGED; we must not do it twice
+    d = decode(make_tiff(IMG, orientation, le=orientation % 2 == 0))
+    assert np.array_equal(d.pixels, upright(IMG, orientation))
+
+
+def test_png_and_webp_exif_orientation() -> None:
+    png = png_after_ihdr(PNG, png_chunk(b"eXIf", exif(6)))
+    assert probe(png) == imageio.ImageInfo("png", 48, 80, False)
+    assert np.array_equal(decode(png).pixels, upright(IMG, 6))
+
+    webp = webp_container(80, 48, 0x08, vp8l_chunk(IMG), (b"EXIF", exif(8)))
+    assert probe(webp) == imageio.ImageInfo("webp", 48, 80, False)
+    assert np.array_equal(decode(webp).pixels, upright(IMG, 8))
+
+
+def test_orientation_is_applied_to_alpha_too() -> None:
+    alpha = asymmetric(48, 80, seed=3)[:, :, 0]
+    png = png_after_ihdr(cv_encode(np.dstack([IMG, alpha]), ".png"), png_chunk(b"eXIf", exif(5)))
+    d = decode(png)
+    assert np.array_equal(d.pixels, upright(IMG, 5))
+    assert np.array_equal(d.alpha, upright(alpha, 5))
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"garbage, not TIFF",
+        b"II*\x00\xff\xff\xff\x7f",  # IFD0 far outside the segment
+        b"MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03",  # entry cut in half
+        exif(9),  # out of range
+        exif(0),
+    ],
+)
+def test_corrupt_exif_means_orientation_1(blob: bytes) -> None:
+    tagged = with_segment(JPEG, app1_exif(blob))
+    assert probe(tagged) == imageio.ImageInfo("jpeg", 80, 48, False)
+    assert np.array_equal(decode(tagged).pixels, decode(JPEG).pixels)
+
+
+def test_huge_exif_block() -> None:
+    blob = exif(8, padding=60_000)
+    tagged = with_segment(JPEG, app1_exif(blob))
+    assert len(tagged) > len(JPEG) + 60_000
+    assert probe(tagged) == imageio.ImageInfo("jpeg", 48, 80, False)
+    assert np.array_equal(decode(tagged).pixels, upright(decode(JPEG).pixels, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel formats
+
+
+def test_cmyk_jpeg() -> None:
+    # Adobe CMYK JPEGs store inverted ink values: 255 = no ink
+    blocks = np.array(
+        [[[255, 255, 255, 255], [0, 255, 255, 255]], [[255, 0, 255, 255], [255, 255, 255, 0]]], np.uint8
+    )
+    data = make_cmyk_jpeg(blocks)
+    assert probe(data) == imageio.ImageInfo("jpeg", 16, 16, False)
+    d = decode(data)
+    assert_clean_bgr(d, 16, 16)
+    expected = {(4, 4): (255, 255, 255), (4, 12): (255, 255, 0), (12, 4): (255, 0, 255), (12, 12): (0, 0, 0)}
+    for (y, x), bgr in expected.items():
+        assert np.abs(d.pixels[y, x].astype(int) - bgr).max() <= 2, (y, x, d.pixels[y, x])
+
+
+def test_12_bit_jpeg_refused() -> None:
+    data = make_gray12_jpeg(np.array([[0, 1000], [2048, 4095]]))
+    assert probe(data) == imageio.ImageInfo("jpeg", 16, 16, False)
+    with pytest.raises(UnsupportedImageError, match="12-bit"):
+        decode(data)
+
+
+def test_progressive_jpeg() -> None:
+    data = cv_encode(IMG, ".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert b"\xff\xc2" in data
+    assert np.abs(decode(data).pixels.astype(int) - IMG).mean() < 3
+
+
+def test_grayscale_inputs_become_bgr() -> None:
+    gray = IMG[:, :, 1].copy()
+    for data in (cv_encode(gray, ".png"), cv_encode(gray, ".jpg"), cv_encode(gray, ".tiff")):
+        d = decode(data)
+        assert_clean_bgr(d, 48, 80)
+        assert d.alpha is None
+        assert np.array_equal(d.pixels[:, :, 0], d.pixels[:, :, 2])
+
+
+def test_16_bit_png_scaled_to_8_bit() -> None:
+    wide = IMG.astype(np.uint16) * 257 + 3
+    d = decode(cv_encode(wide, ".png"))
+    assert np.array_equal(d.pixels, IMG) and d.alpha is None
+    rgba = np.dstack([wide, np.full((48, 80), 0x8000, np.uint16)])
+    d = decode(cv_encode(rgba, ".png"))
+    assert np.array_equal(d.pixels, IMG) and (d.alpha == 0x80).all()
+    gray = decode(cv_encode(wide[:, :, 0], ".png"))
+    assert np.array_equal(gray.pixels[:, :, 1], IMG[:, :, 0])
+
+
+def test_rgba_png_keeps_alpha() -> None:
+    alpha = np.tile(np.arange(80, dtype=np.uint8) * 3, (48, 1))
+    d = decode(cv_encode(np.dstack([IMG, alpha]), ".png"))
+    assert np.array_equal(d.pixels, IMG) and np.array_equal(d.alpha, alpha)
+
+
+def test_gray_alpha_png() -> None:
+    data = make_png(6, 4, 4, [bytes([10, 200] * 6)] * 4)
+    d = decode(data)
+    assert_clean_bgr(d, 4, 6)
+    assert (d.pixels == 10).all() and (d.alpha == 200).all()
+
+
+def test_palette_png_with_and_without_transparency() -> None:
+    rows = [bytes([0, 1, 2, 1, 0, 1])] * 4
+    plte = png_chunk(b"PLTE", bytes([255, 0, 0, 0, 255, 0, 0, 0, 255]))
+    d = decode(make_png(6, 4, 3, rows, plte))
+    assert d.alpha is None
+    assert d.pixels[0, :3].tolist() == [[0, 0, 255], [0, 255, 0], [255, 0, 0]]
+    d = decode(make_png(6, 4, 3, rows, plte, png_chunk(b"tRNS", bytes([0, 255, 128]))))
+    assert d.alpha[0, :3].tolist() == [0, 255, 128]
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tiff", ".gif"])
+def test_tiny_and_thin_images(ext: str) -> None:
+    one = decode(cv_encode(np.full((1, 1, 3), 77, np.uint8), ext))
+    assert_clean_bgr(one, 1, 1)
+    if ext in (".jpg", ".png"):
+        thin = decode(cv_encode(np.full((1, 20_000, 3), 77, np.uint8), ext))
+        assert_clean_bgr(thin, 1, 20_000)
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75, 90, 95, 100])
+def test_jpeg_quality_estimate(quality: int) -> None:
+    data = cv_encode(IMG, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert decode(data).quality == quality
+
+
+def test_quality_only_for_jpeg() -> None:
+    assert decode(PNG).quality is None
+
+
+# ---------------------------------------------------------------------------------------------
+# encode and metadata
+
+
+@pytest.mark.parametrize("fmt", imageio.OUTPUT_FORMATS)
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_encode_round_trip_without_metadata(fmt: str, with_alpha: bool) -> None:
+    alpha = np.tile(np.arange(80, dtype=np.uint8) * 3, (48, 1)) if with_alpha else None
+    out = encode(IMG, alpha, fmt)
+    assert metadata_markers(out) == []
+    assert probe(out) == imageio.ImageInfo(fmt, 80, 48, False)
+    d = decode(out)
+    assert d.format == fmt
+    lossless = fmt in ("png", "bmp", "tiff")
+    if lossless:
+        assert np.array_equal(d.pixels, IMG)
+    else:
+        assert np.abs(d.pixels.astype(int) - IMG).mean() < 4
+    if with_alpha and fmt != "jpeg":
+        assert d.alpha is not None
+        assert np.array_equal(d.alpha, alpha) if lossless else np.abs(d.alpha.astype(int) - alpha).mean() < 4
+    else:
+        assert d.alpha is None
+
+
+def test_encode_jpeg_settings() -> None:
+    out = encode(IMG, None, "jpeg")
+    assert decode(out).quality == imageio.DEFAULT_QUALITY
+    assert b"\xff\xc0" in out and b"\xff\xc2" not in out  # baseline, not progressive
+    assert encode(IMG, None, "jpeg", quality=10) == encode(IMG, None, "jpg", quality=50)
+    assert encode(IMG, None, "jpeg", quality=100) == encode(IMG, None, "jpeg", quality=95)
+    plain = cv_encode(IMG, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert len(out) < len(plain)  # optimized Huffman tables
+
+
+def test_gif_is_written_as_png() -> None:
+    assert output_format_for("gif") == "png"
+    assert output_format_for("jpg") == "jpeg"
+    assert [output_format_for(f) for f in imageio.OUTPUT_FORMATS] == list(imageio.OUTPUT_FORMATS)
+    with pytest.raises(ValueError, match="output_format_for"):
+        encode(IMG, None, "gif")
+    assert set(imageio.CONTENT_TYPES) == {"jpeg", "png", "webp", "bmp", "tiff", "gif"}
+    assert imageio.CONTENT_TYPES["jpeg"] == "image/jpeg"
+
+
+def test_encode_rejects_bad_arrays() -> None:
+    with pytest.raises(ValueError):
+        encode(IMG.astype(np.float32), None, "png")
+    with pytest.raises(ValueError):
+        encode(IMG[:, :, 0], None, "png")
+    with pytest.raises(ValueError):
+        encode(IMG, np.zeros((2, 2), np.uint8), "png")
+
+
+def test_metadata_found_in_jpeg_and_stripped() -> None:
+    data = JPEG
+    for seg in (
+        app1_exif(exif(1, gps=True)),
+        segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta/>"),
+        segment(0xE2, b"ICC_PROFILE\0\x01\x01" + b"\0" * 128),
+        segment(0xED, b"Photoshop 3.0\08BIM\x04\x04" + b"\0" * 16),
+        segment(0xFE, b"taken at home"),
+    ):
+        data = with_segment(data, seg)
+    assert metadata_markers(JPEG) == []
+    assert sorted(metadata_markers(data)) == ["comment", "exif", "gps", "icc", "iptc", "xmp"]
+    d = decode(data)
+    assert metadata_markers(encode(d.pixels, d.alpha, output_format_for(d.format), quality=d.quality)) == []
+
+
+def test_metadata_found_in_png_webp_tiff_gif() -> None:
+    png = png_after_ihdr(
+        PNG,
+        png_chunk(b"eXIf", exif(1, gps=True)),
+        png_chunk(b"tEXt", b"Author\0someone"),
+        png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x/>"),
+        png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"\0" * 64)),
+        png_chunk(b"tIME", b"\x07\xe8\x01\x01\x00\x00\x00"),
+    )
+    assert metadata_markers(png) == ["exif", "gps", "text", "xmp", "icc", "time"]
+
+    webp = webp_container(
+        80, 48, 0x2C, (b"ICCP", b"\0" * 64), vp8l_chunk(IMG), (b"EXIF", exif(gps=True)), (b"XMP ", b"<x/>")
+    )
+    assert metadata_markers(webp) == ["icc", "exif", "gps", "xmp"]
+    decode(webp)
+
+    # the GPS/EXIF pointers target IFD0 itself: enough for a reader that must only see the tags
+    tiff = make_tiff(IMG, extra=[(34853, 4, 1, 8), (271, 2, 6, b"Phone\0"), (34665, 4, 1, 8)])
+    assert sorted(metadata_markers(tiff)) == ["exif", "gps", "text:Make"]
+    assert metadata_markers(make_tiff(IMG)) == []
+
+    comment = b"\x21\xfe\x05hello\x00"
+    assert metadata_markers(make_gif(4, 3, 1, comment)) == ["comment"]
+    assert metadata_markers(make_gif(4, 3, 1)) == []
+
+
+def test_metadata_markers_fails_closed_on_garbage() -> None:
+    with pytest.raises(InvalidImageError):
+        metadata_markers(b"definitely not an image")
+    with pytest.raises(InvalidImageError):
+        metadata_markers(b"")
