@@ -94,9 +94,7 @@ class CenterNetDetector:
             raise DetectionError(f"{card.label} model missing: {path.name}") from exc
         digest = hashlib.sha256(model_bytes).hexdigest()
         if digest != card.sha256:
-            raise DetectionError(
-                f"{card.label} model {path.name} does not match its card (sha256 {digest[:12]})"
-            )
+            raise DetectionError(f"{card.label} model {path.name} does not match its card (sha256 {digest[:12]})")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
@@ -111,18 +109,21 @@ class CenterNetDetector:
     def label(self) -> str:
         return self.card.label
 
-    def detect(self, image: np.ndarray, threshold: float | None = None) -> list[Detection]:
+    def detect(
+        self, image: np.ndarray, threshold: float | None = None, min_size: float | None = None
+    ) -> list[Detection]:
         """All objects at or above ``threshold`` (default: the card's operating threshold).
 
         A global pass at the working scale finds objects of every size; when that scale would
-        shrink the smallest objects we promise to find below what the model sees, a fine pass
-        scans the image in tiles at a scale where they stay detectable.
+        shrink objects of ``min_size`` px (default: the card's) below what the model sees, a fine
+        pass scans the image in tiles at a scale where they stay detectable.
         """
         threshold = self.card.threshold if threshold is None else threshold
+        min_size = self.card.min_object if min_size is None else min_size
         h, w = image.shape[:2]
         scale = working_scale(w, h, self.card.min_side, self.card.max_side)
         boxes, scores = self._run(image, scale, threshold)
-        fine = min(1.0, self.card.min_detectable / self.card.min_object)
+        fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
         if scale < fine:
             for x0, y0, tile in self._tiles(image, fine):
                 tile_boxes, tile_scores = self._run(tile, fine, threshold)
@@ -163,9 +164,7 @@ class CenterNetDetector:
         blob[0, :, :nh, :nw] = resized[:, :, ::-1].transpose(2, 0, 1)  # BGR -> RGB planes, 0..255
         try:
             with self._lock:
-                heatmap, log_size, offset = self.session.run(
-                    ["heatmap", "scale", "offset"], {self.input_name: blob}
-                )
+                heatmap, log_size, offset = self.session.run(["heatmap", "scale", "offset"], {self.input_name: blob})
         except Exception as exc:  # onnxruntime raises its own types; never let an image through
             raise DetectionError(f"{self.label} detector failed to run") from exc
         boxes, scores = decode(heatmap[0, 0], log_size[0], offset[0], threshold)

@@ -4,7 +4,7 @@ The API's query string, an S3 object's metadata/tags, environment defaults and t
 speak the same flat ``key=value`` language, so one parser serves them all:
 
 ``targets=face,plate``  ``effect=blur``  ``face.effect=pixelate``  ``plate.effect=fill``
-``threshold=0.4``  ``face.threshold=0.3``  ``margin=0.2``  ``shape=ellipse|box``
+``threshold=0.4``  ``face.threshold=0.3``  ``face.min_size=24``  ``margin=0.2``  ``shape=ellipse|box``
 ``strength=1.5``  ``blocks=10``  ``color=#000000``  ``format=jpeg``  ``quality=85``
 
 A key without a target prefix applies to every target; a prefixed key overrides it.
@@ -23,7 +23,7 @@ from .imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 TARGETS = ("face", "plate")
 EFFECTS = EFFECT_NAMES
 
-_PER_TARGET_KEYS = ("effect", "threshold", "margin", "shape", "strength", "blocks", "color")
+_PER_TARGET_KEYS = ("effect", "threshold", "min_size", "margin", "shape", "strength", "blocks", "color")
 _GLOBAL_KEYS = ("targets", "format", "quality", "max_pixels")
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 
@@ -34,6 +34,7 @@ class TargetOptions:
 
     effect: str = "blur"
     threshold: float | None = None  # None: the model's calibrated operating threshold
+    min_size: float | None = None  # smallest object (px) to find; None: the model's (faces 15 px)
     margin: float = 0.15  # box enlarged by this fraction of its size on every side
     shape: str = "ellipse"
     strength: float = 1.0
@@ -71,11 +72,12 @@ def _target_dict(t: TargetOptions) -> dict:
     return {
         "effect": t.effect,
         "threshold": t.threshold,
+        "min_size": t.min_size,
         "margin": t.margin,
         "shape": t.shape,
         "strength": t.strength,
         "blocks": t.blocks,
-        "color": "#%02x%02x%02x" % t.color,
+        "color": "#{:02x}{:02x}{:02x}".format(*t.color),
     }
 
 
@@ -158,9 +160,7 @@ def _parse_targets(raw: str) -> tuple[str, ...]:
     names = [{"faces": "face", "plates": "plate"}.get(n, n) for n in names]
     bad = [n for n in names if n not in TARGETS]
     if bad or not names:
-        raise InvalidOptionsError(
-            f"targets must be a comma-separated subset of {', '.join(TARGETS)}; got {raw!r}"
-        )
+        raise InvalidOptionsError(f"targets must be a comma-separated subset of {', '.join(TARGETS)}; got {raw!r}")
     return tuple(t for t in TARGETS if t in names)
 
 
@@ -224,6 +224,7 @@ _PARSERS = {
     "effect": _parse_choice(EFFECT_NAMES),
     "shape": _parse_choice(SHAPES),
     "threshold": lambda raw, name: _parse_float(raw, name, 0.01, 0.99),
+    "min_size": lambda raw, name: _parse_float(raw, name, 6.0, 400.0),
     "margin": lambda raw, name: _parse_float(raw, name, 0.0, 1.0),
     "strength": lambda raw, name: _parse_float(raw, name, STRENGTH_MIN, STRENGTH_MAX),
     "blocks": lambda raw, name: _parse_int(raw, name, BLOCKS_MIN, BLOCKS_MAX),

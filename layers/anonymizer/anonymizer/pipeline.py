@@ -91,9 +91,7 @@ class Anonymizer:
         timings["total"] = _ms(started)
         return self._report(decoded, detections, options, timings)
 
-    def detect_pixels(
-        self, pixels: np.ndarray, options: Options, min_score: float | None = None
-    ) -> list[Detection]:
+    def detect_pixels(self, pixels: np.ndarray, options: Options, min_score: float | None = None) -> list[Detection]:
         return self._detect(pixels, options, {}, min_score)
 
     def _decode(self, data: bytes, options: Options, timings: dict) -> imageio.DecodedImage:
@@ -108,8 +106,9 @@ class Anonymizer:
         found: list[Detection] = []
         for target in options.targets:
             t0 = time.perf_counter()
-            threshold = min_score if min_score is not None else options.for_target(target).threshold
-            found += self.detector(target).detect(pixels, threshold)
+            wanted = options.for_target(target)
+            threshold = min_score if min_score is not None else wanted.threshold
+            found += self.detector(target).detect(pixels, threshold, wanted.min_size)
             timings[f"detect_{target}"] = _ms(t0)
         return found
 
@@ -142,9 +141,7 @@ def expand_box(
 
 def _effect_spec(options: Options, target: str, logo: np.ndarray | None) -> EffectSpec:
     t = options.for_target(target)
-    return EffectSpec(
-        name=t.effect, shape=t.shape, strength=t.strength, blocks=t.blocks, color=t.color, logo=logo
-    )
+    return EffectSpec(name=t.effect, shape=t.shape, strength=t.strength, blocks=t.blocks, color=t.color, logo=logo)
 
 
 _logo = lru_cache(maxsize=8)(load_logo)  # a deployment's logo is decoded once, not per image

@@ -1,0 +1,345 @@
+"""The ``anonymize`` command: the library on a laptop, with the same options as the service.
+
+    anonymize INPUT... -o OUTDIR [options]      anonymize files, folders and globs
+    anonymize detect PATH... --jsonl            one JSON object per image on stdout
+    anonymize eval COCO_DIR                     recall / precision / AP50 per class
+    anonymize local-run [INPUT...] -o OUTDIR    the whole S3 flow on moto's S3 server
+    anonymize serve                             the API on http://127.0.0.1:8080
+
+Exit codes: 0 every image done; 3 some images failed (partial); 1 none done;
+2 bad usage or options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import AnonymizerError, InvalidOptionsError
+from .options import Options, parse_options
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+SUFFIX_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+SUBCOMMANDS = ("detect", "eval", "local-run", "serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
+    if command != "run":
+        argv = argv[1:]
+    parser = _PARSERS[command]()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[command](args)
+    except InvalidOptionsError as exc:
+        print(f"anonymize: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --- argument parsing -------------------------------------------------------------------------
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, effects: bool = True) -> None:
+    parser.add_argument("--targets", help="comma-separated: face,plate (default: both)")
+    parser.add_argument("--threshold", help="detection threshold for every target (default: per model)")
+    parser.add_argument("--face-threshold")
+    parser.add_argument("--plate-threshold")
+    if not effects:
+        return
+    parser.add_argument("--effect", help="blur | pixelate | fill | logo | deform (default: blur)")
+    parser.add_argument("--face-effect")
+    parser.add_argument("--plate-effect")
+    parser.add_argument("--margin", help="enlarge each box by this fraction of its size (faces 0.15, plates 0.1)")
+    parser.add_argument("--shape", help="ellipse | box (default: ellipse for faces, box for plates)")
+    parser.add_argument("--strength", help="effect strength multiplier, 1..5")
+    parser.add_argument("--blocks", help="pixelate: mosaic blocks across a region, 2..16")
+    parser.add_argument("--color", help="fill colour, #RRGGBB")
+    parser.add_argument("--logo", type=Path, help="PNG (with alpha) for --effect logo")
+    parser.add_argument("--format", help="output format (default: as the input)")
+    parser.add_argument("--quality", help="JPEG/WebP quality 1..100 (default: as the input)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any option, e.g. face.blocks=6"
+    )
+
+
+def _options_from_args(args: argparse.Namespace) -> Options:
+    values = {}
+    for key in (
+        "targets",
+        "threshold",
+        "effect",
+        "margin",
+        "shape",
+        "strength",
+        "blocks",
+        "color",
+        "format",
+        "quality",
+    ):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    for target in ("face", "plate"):
+        for key in ("threshold", "effect"):
+            value = getattr(args, f"{target}_{key}", None)
+            if value is not None:
+                values[f"{target}.{key}"] = value
+    for item in getattr(args, "set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidOptionsError(f"--set expects KEY=VALUE; got {item!r}")
+        values[key] = value
+    logo = None
+    if getattr(args, "logo", None):
+        try:
+            logo = args.logo.read_bytes()
+        except OSError as exc:
+            raise InvalidOptionsError(f"cannot read logo {args.logo}: {exc.strerror}") from None
+    return parse_options(values, logo=logo)
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anonymize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--report", action="store_true", help="also write NAME.report.json beside each output")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _add_option_flags(parser)
+    return parser
+
+
+def _detect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anonymize detect", description="Detections as JSON lines on stdout.")
+    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per image (the default and only format)")
+    parser.add_argument("--min-score", type=float, help="report detections down to this score")
+    _add_option_flags(parser, effects=False)
+    return parser
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anonymize eval", description="Evaluate against a COCO folder.")
+    parser.add_argument("coco_dir", type=Path, help="folder with annotations.json and images/")
+    parser.add_argument("--ids", type=Path, help="JSON file with a list of image ids to evaluate (a split)")
+    parser.add_argument("--ids-key", help="key of the list inside --ids when it holds an object")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_option_flags(parser, effects=False)
+    return parser
+
+
+def _local_run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anonymize local-run",
+        description="Run the whole S3 flow locally: moto's S3 server, buckets, upload, the real S3 function, "
+        "download. Without inputs it uses an embedded sample (a real face from scikit-image).",
+    )
+    parser.add_argument("inputs", nargs="*", help="image files, folders or globs")
+    parser.add_argument("-o", "--output", type=Path, default=Path("out"), help="where results land (default ./out)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="options as object metadata")
+    return parser
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anonymize serve", description="The API handler behind a local server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: list[str]) -> Iterator[tuple[Path, Path]]:
+    """(file, output path relative to the output folder) for files, folders and globs."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+                yield file, file.relative_to(path)
+        elif path.is_file():
+            yield path, Path(path.name)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                yield path, Path(path.name)  # reported as missing by the caller
+            for match in matches:
+                if Path(match).is_file():
+                    yield Path(match), Path(Path(match).name)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Anonymizer
+
+    options = _options_from_args(args)
+    anonymizer = Anonymizer()
+    items = list(expand_inputs(args.inputs))
+    show_progress = args.progress if args.progress is not None else (sys.stderr.isatty() and len(items) > 1)
+    done = failed = 0
+    started = time.perf_counter()
+    for index, (source, relative) in enumerate(items, 1):
+        try:
+            result = anonymizer.anonymize(_read(source), options)
+            target = (args.output / relative).with_suffix(SUFFIX_FOR_FORMAT[result.format])
+            if target.resolve() == source.resolve():
+                raise AnonymizerError("output would overwrite the original; choose another output folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(target, result.data)
+            if args.report:
+                report = {"source": str(source), **result.report}
+                _write_atomically(target.with_name(target.name + ".report.json"), json.dumps(report, indent=2).encode())
+            done += 1
+        except AnonymizerError as exc:
+            failed += 1
+            print(f"anonymize: {source}: {exc}", file=sys.stderr)
+        if show_progress:
+            _progress(index, len(items), started)
+    if show_progress:
+        print(file=sys.stderr)
+    print(f"anonymized {done} of {len(items)} image(s) into {args.output}" + (f"; {failed} failed" if failed else ""),
+          file=sys.stderr)  # fmt: skip
+    if failed == 0 and done > 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if done else EXIT_FAILED
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from .pipeline import Anonymizer
+
+    options = _options_from_args(args)
+    anonymizer = Anonymizer()
+    ok = failed = 0
+    for item in args.inputs:
+        files = (
+            [p for p, _ in expand_inputs([item])] if Path(item).is_dir() or not Path(item).exists() else [Path(item)]
+        )
+        for path in files:
+            shown = str(path) if path != Path(item) else item
+            try:
+                report = anonymizer.detect(_read(path), options, min_score=args.min_score)
+                line = {
+                    "image": shown,
+                    "width": report["image"]["width"],
+                    "height": report["image"]["height"],
+                    "detections": report["detections"],
+                }
+                ok += 1
+            except AnonymizerError as exc:
+                line = {"image": shown, "error": exc.code, "message": str(exc)}
+                failed += 1
+            print(json.dumps(line), flush=True)
+    if failed == 0 and ok > 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if ok else EXIT_FAILED
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_coco
+    from .pipeline import Anonymizer
+
+    options = _options_from_args(args)
+    anonymizer = Anonymizer()
+    ids = None
+    if args.ids:
+        data = json.loads(args.ids.read_text())
+        ids = data[args.ids_key] if args.ids_key else data
+    truths = load_coco(args.coco_dir, ids)
+    labels = [t for t in options.targets if any(t in truth.boxes for truth in truths)]
+    if not labels:
+        raise InvalidOptionsError(f"{args.coco_dir} has no objects of the chosen targets {options.targets}")
+    options = parse_options({"targets": ",".join(labels)}, defaults=options)
+    thresholds = {t: options.for_target(t).threshold or anonymizer.detector(t).card.threshold for t in options.targets}
+    floor = min(0.05, *thresholds.values())
+    started = time.perf_counter()
+    results = evaluate(
+        truths, lambda truth: anonymizer.detect_pixels(_imread(truth.path), options, floor), labels, thresholds
+    )
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"dataset": str(args.coco_dir), "seconds": round(seconds, 1), "results": results}, indent=2))
+        return EXIT_OK
+    print(f"{args.coco_dir} ({len(truths)} images, {seconds:.1f} s)")
+    print(f"{'class':<6} {'objects':>7} {'thr':>5} {'R@0.5':>6} {'R@0.3':>6} {'P@0.5':>6} {'AP50':>6}")
+    for label, r in results.items():
+        print(f"{label:<6} {r['objects']:>7} {r['threshold']:>5.2f} {r['recall@0.5']:>6.3f} {r['recall@0.3']:>6.3f} "
+              f"{r['precision@0.5']:>6.3f} {r['AP50']:>6.3f}")  # fmt: skip
+    return EXIT_OK
+
+
+def _cmd_local_run(args: argparse.Namespace) -> int:
+    from .aws.local import run_local_s3_flow
+
+    values = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        values[key] = value
+    parse_options(values)  # fail early, before a server starts
+    inputs = [p for p, _ in expand_inputs(args.inputs)] if args.inputs else []
+    summary = run_local_s3_flow(inputs, args.output, values or None)
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .aws.local import serve
+
+    serve(args.host, args.port)
+    return EXIT_OK
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AnonymizerError("no such file") from None
+    except OSError as exc:
+        raise AnonymizerError(f"cannot read: {exc.strerror}") from None
+
+
+def _imread(path: Path):
+    from . import imageio
+
+    return imageio.decode(_read(path)).pixels
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Never leave a half-written image behind: write a temporary file, then rename."""
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    width = 30
+    filled = int(width * done / total)
+    rate = done / max(time.perf_counter() - started, 1e-6)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} img/s", end="", file=sys.stderr)
+
+
+_PARSERS = {
+    "run": _run_parser,
+    "detect": _detect_parser,
+    "eval": _eval_parser,
+    "local-run": _local_run_parser,
+    "serve": _serve_parser,
+}
+_COMMANDS = {
+    "run": _cmd_run,
+    "detect": _cmd_detect,
+    "eval": _cmd_eval,
+    "local-run": _cmd_local_run,
+    "serve": _cmd_serve,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The CLI end to end on real images from ../shared/data (skipped where that folder is absent)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from anonymizer import imageio
+from anonymizer.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def street_images(shared_data):
+    folder = shared_data / "faces" / "street-masks-dev" / "images"
+    return sorted(folder.glob("*.jpg"))[:3]
+
+
+def test_anonymize_files_into_a_folder(street_images, tmp_path, capsys):
+    code = main([*map(str, street_images), "-o", str(tmp_path), "--targets", "face", "--report"])
+    assert code == EXIT_OK
+    for source in street_images:
+        out = tmp_path / source.name
+        assert out.is_file() and imageio.metadata_markers(out.read_bytes()) == []
+        report = json.loads((tmp_path / (source.name + ".report.json")).read_text())
+        assert report["source"] == str(source)
+        assert report["counts"]["face"] >= 1  # every one of these street photos shows faces
+        assert imageio.decode(out.read_bytes()).pixels.shape == imageio.decode(source.read_bytes()).pixels.shape
+
+
+def test_folder_and_glob_inputs_keep_structure(street_images, tmp_path):
+    src = tmp_path / "in" / "sub"
+    src.mkdir(parents=True)
+    shutil.copy(street_images[0], src / "a.jpg")
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--targets", "face"]) == EXIT_OK
+    assert (tmp_path / "out" / "sub" / "a.jpg").is_file()
+    assert main([str(tmp_path / "in" / "*" / "*.jpg"), "-o", str(tmp_path / "g"), "--targets", "face"]) == EXIT_OK
+    assert (tmp_path / "g" / "a.jpg").is_file()
+
+
+def test_partial_failure_has_its_own_exit_code_and_publishes_nothing_for_the_bad_file(street_images, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(street_images[0].read_bytes()[:2000])  # truncated JPEG
+    code = main([str(street_images[0]), str(bad), "-o", str(tmp_path / "out"), "--targets", "face"])
+    assert code == EXIT_PARTIAL
+    assert not (tmp_path / "out" / "broken.jpg").exists()
+    assert main([str(bad), "-o", str(tmp_path / "out2")]) == EXIT_FAILED
+
+
+def test_an_original_is_never_overwritten(street_images, tmp_path):
+    original = tmp_path / "photo.jpg"
+    shutil.copy(street_images[0], original)
+    before = original.read_bytes()
+    assert main([str(original), "-o", str(tmp_path), "--targets", "face"]) == EXIT_FAILED
+    assert original.read_bytes() == before
+
+
+def test_bad_options_are_usage_errors(street_images, tmp_path, capsys):
+    assert main([str(street_images[0]), "-o", str(tmp_path), "--effect", "swirl"]) == EXIT_USAGE
+    assert "effect must be one of" in capsys.readouterr().err
+
+
+def test_detect_jsonl_is_the_stable_evaluation_interface(street_images, capsys):
+    assert main(["detect", *map(str, street_images), "--jsonl", "--targets", "face"]) == EXIT_OK
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in street_images]
+    for line in lines:
+        assert set(line) == {"image", "width", "height", "detections"}
+        for det in line["detections"]:
+            assert set(det) == {"label", "score", "box"} and det["label"] == "face"
+            assert det["score"] >= 0.15  # the operating threshold
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 < x2 <= line["width"] and 0 <= y1 < y2 <= line["height"]
+
+
+def test_detect_min_score_reports_more(street_images, capsys):
+    main(["detect", str(street_images[0]), "--targets", "face"])
+    default = json.loads(capsys.readouterr().out)
+    main(["detect", str(street_images[0]), "--targets", "face", "--min-score", "0.05"])
+    low = json.loads(capsys.readouterr().out)
+    assert len(low["detections"]) >= len(default["detections"])
+    assert min(d["score"] for d in low["detections"]) >= 0.05
+
+
+def test_eval_prints_the_figures_on_a_split(shared_data, tmp_path, capsys):
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(list(range(1, 21))))
+    folder = shared_data / "faces" / "street-masks-dev"
+    assert main(["eval", str(folder), "--ids", str(ids), "--targets", "face", "--json"]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)["results"]["face"]
+    assert result["images"] == 20 and result["objects"] > 20
+    assert 0.5 < result["recall@0.5"] <= 1 and 0.5 < result["AP50"] <= 1
+
+
+def test_the_installed_command_runs(street_images, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "anonymizer.cli", str(street_images[0]), "-o", str(tmp_path),
+         "--targets", "face", "--effect", "pixelate"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == EXIT_OK, run.stderr
+    assert (tmp_path / street_images[0].name).is_file()
