@@ -17,7 +17,7 @@ from anonymizer.errors import DetectionError
 
 
 def test_working_scale_upscales_small_and_caps_large_images():
-    assert working_scale(400, 300, 800, 1280) == pytest.approx(2.0)
+    assert working_scale(400, 300, 800, 1280) == pytest.approx(2.0)  # the face card uses 1024
     assert working_scale(100, 100, 800, 1280) == pytest.approx(3.0)  # capped upscale
     assert working_scale(1000, 700, 800, 1280) == 1.0
     assert working_scale(4000, 3000, 800, 1280) == pytest.approx(0.32)

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (each sets up .venv first if needed):
+#   make demo   - the whole S3 flow locally (moto's S3 server, the real S3 function) -> ./out
+#   make test   - the test suite (unit, integration against moto, e2e on ../shared/data)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo serve test lint models layer bench deface-venv compare-deface
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/anonymize local-run -o out
+
+serve: setup
+	$(BIN)/anonymize serve
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+models: setup
+	$(BIN)/python tools/build_face_model.py
+
+layer: setup
+	$(BIN)/python tools/build_layer.py --arch arm64 --arch x86_64 --report --check

@@ -1,0 +1,376 @@
+"""The SAM template: the structure that matters for safety and for the functions, and cfn-lint.
+
+Parsed with a YAML loader that turns CloudFormation short tags (!Ref, !Sub, !GetAtt, ...) into
+their long form, so these tests need only PyYAML; the cfn-lint test is skipped without cfn-lint.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+MAKEFILE = ROOT / "layers" / "anonymizer" / "Makefile"
+SAMCONFIG = ROOT / "samconfig.toml"
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def resources(tpl: dict, rtype: str) -> dict[str, dict]:
+    return {k: v for k, v in tpl["Resources"].items() if v["Type"] == rtype}
+
+
+def props(tpl: dict, name: str) -> dict:
+    return tpl["Resources"][name].get("Properties", {})
+
+
+def refs_in(node) -> set[str]:
+    """Logical ids referenced anywhere in node (Ref, GetAtt, ${X} / ${X.Attr} in Sub)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else str(value).split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!][^}]*)\}", text)}
+                if isinstance(value, list):
+                    found |= refs_in(value[1])
+            else:
+                found |= refs_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= refs_in(item)
+    return {f for f in found if not f.startswith("AWS::")}
+
+
+def function_env(tpl: dict, name: str) -> dict:
+    env = dict(tpl["Globals"]["Function"].get("Environment", {}).get("Variables", {}))
+    env.update(props(tpl, name).get("Environment", {}).get("Variables", {}))
+    return env
+
+
+def inline_statements(tpl: dict, name: str) -> list[dict]:
+    out = []
+    for policy in props(tpl, name).get("Policies", []):
+        if isinstance(policy, dict) and "Statement" in policy:
+            out.extend(policy["Statement"])
+    return out
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+FUNCTIONS = ("S3AnonymizeFunction", "ApiAnonymizeFunction")
+
+
+# -- shape --------------------------------------------------------------------------------------
+
+
+def test_is_a_sam_template_with_the_expected_parameters(tpl):
+    assert tpl["Transform"] == "AWS::Serverless-2016-10-31"
+    params = tpl["Parameters"]
+    assert params["Architecture"]["Default"] == "arm64"
+    assert set(params["Architecture"]["AllowedValues"]) == {"arm64", "x86_64"}
+    assert params["PythonRuntime"]["Default"] in params["PythonRuntime"]["AllowedValues"]
+    # python3.11 runs on Amazon Linux 2 (glibc 2.26): the manylinux_2_28 onnxruntime wheels would not load
+    assert "python3.11" not in params["PythonRuntime"]["AllowedValues"]
+    assert params["DefaultTargets"]["Default"] == "face,plate"
+    assert params["DefaultEffect"]["Default"] == "blur"
+    assert "logo" not in params["DefaultEffect"]["AllowedValues"]  # needs an image a default cannot give
+    for name in ("LogLevel", "MaxObjectBytes"):
+        assert name in params
+
+
+def test_globals_powertools_tracing_architecture(tpl):
+    glob = tpl["Globals"]["Function"]
+    env = glob["Environment"]["Variables"]
+    assert env["POWERTOOLS_SERVICE_NAME"]
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Anonymizer"
+    assert env["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert env["POWERTOOLS_LOGGER_LOG_EVENT"] == "false"  # events carry object keys: never log them whole
+    assert glob["Tracing"] == "Active"
+    assert glob["Architectures"] == [{"Ref": "Architecture"}]
+    assert glob["Runtime"] == {"Ref": "PythonRuntime"}
+
+
+def test_exactly_two_functions_share_the_one_layer(tpl):
+    functions = resources(tpl, "AWS::Serverless::Function")
+    assert set(functions) == set(FUNCTIONS)
+    layers = resources(tpl, "AWS::Serverless::LayerVersion")
+    assert list(layers) == ["AnonymizerLayer"]
+    for name in FUNCTIONS:
+        assert props(tpl, name)["Layers"] == [{"Ref": "AnonymizerLayer"}]
+        assert props(tpl, name)["Handler"] == "app.lambda_handler"
+
+
+def test_function_code_exists_with_a_handler(tpl):
+    for name in FUNCTIONS:
+        code = ROOT / props(tpl, name)["CodeUri"] / "app.py"
+        if not code.exists():
+            pytest.skip(f"{code} is not written yet")
+        tree = ast.parse(code.read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "lambda_handler" for n in tree.body), code
+
+
+def test_layer_is_built_by_the_makefile_with_the_layer_tool(tpl):
+    layer = tpl["Resources"]["AnonymizerLayer"]
+    assert layer["Properties"]["ContentUri"] == "layers/anonymizer"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}]
+    assert layer["Properties"]["CompatibleRuntimes"] == [{"Ref": "PythonRuntime"}]
+    text = MAKEFILE.read_text()
+    target = re.search(r"^build-AnonymizerLayer:.*?(?=^\S|\Z)", text, re.M | re.S)
+    assert target, "Makefile has no build-AnonymizerLayer target"
+    recipe = target.group(0)
+    assert "tools/build_layer.py" in recipe and "--arch" in recipe and "$(ARTIFACTS_DIR)" in recipe
+    assert all(line.startswith("\t") for line in recipe.splitlines()[1:] if line.strip()), "recipe needs tabs"
+
+
+def test_defaults_agree_between_template_makefile_tool_and_samconfig(tpl):
+    spec = importlib.util.spec_from_file_location("build_layer", ROOT / "tools" / "build_layer.py")
+    build_layer = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_layer", build_layer)  # dataclasses look their module up
+    spec.loader.exec_module(build_layer)
+    text = MAKEFILE.read_text()
+    make_arch = re.search(r"^LAYER_ARCH \?= (\S+)", text, re.M).group(1)
+    make_py = re.search(r"^LAYER_PYTHON_VERSION \?= (\S+)", text, re.M).group(1)
+    params = tpl["Parameters"]
+    assert params["Architecture"]["Default"] == make_arch
+    assert tpl["Resources"]["AnonymizerLayer"]["Metadata"]["BuildArchitecture"] == make_arch
+    assert params["PythonRuntime"]["Default"] == f"python{make_py}" == f"python{build_layer.DEFAULT_PYTHON_VERSION}"
+    for runtime in params["PythonRuntime"]["AllowedValues"]:
+        assert runtime.removeprefix("python") in build_layer.RUNTIME_GLIBC
+    overrides = tomllib.loads(SAMCONFIG.read_text())["default"]["deploy"]["parameters"]["parameter_overrides"]
+    assert f"Architecture={make_arch}" in overrides and f"PythonRuntime=python{make_py}" in overrides
+
+
+# -- buckets, events, no recursion ----------------------------------------------------------------
+
+
+BUCKETS = ("InputBucket", "OutputBucket")
+
+
+def test_buckets_are_encrypted_private_and_tls_only(tpl):
+    for name in BUCKETS:
+        p = props(tpl, name)
+        sse = p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+        assert sse["SSEAlgorithm"] in ("AES256", "aws:kms", "aws:kms:dsse")
+        block = p["PublicAccessBlockConfiguration"]
+        assert block == {
+            k: True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+        }
+        policies = [
+            r for r in resources(tpl, "AWS::S3::BucketPolicy").values() if r["Properties"]["Bucket"] == {"Ref": name}
+        ]
+        assert len(policies) == 1, name
+        deny = [s for s in policies[0]["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+        assert any(s["Condition"]["Bool"]["aws:SecureTransport"] in ("false", False) for s in deny), name
+    assert props(tpl, "InputBucket")["VersioningConfiguration"]["Status"] == "Enabled"
+
+
+def test_output_bucket_is_never_an_event_source(tpl):
+    assert "NotificationConfiguration" not in props(tpl, "OutputBucket")
+    for name in FUNCTIONS:
+        for event in props(tpl, name).get("Events", {}).values():
+            assert "OutputBucket" not in refs_in(event), f"{name} is triggered by the output bucket"
+            assert event["Type"] != "S3"
+    for mapping in resources(tpl, "AWS::Lambda::EventSourceMapping").values():
+        assert "OutputBucket" not in refs_in(mapping)
+
+
+def test_input_bucket_notifies_the_queue_without_a_cycle(tpl):
+    bucket = tpl["Resources"]["InputBucket"]
+    (conf,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert conf["Event"] == "s3:ObjectCreated:*"
+    assert conf["Queue"] == {"Fn::GetAtt": ["InputQueue", "Arn"]}
+    assert "InputQueuePolicy" in as_list(bucket.get("DependsOn", []))  # S3 checks the policy on create
+    policy = props(tpl, "InputQueuePolicy")
+    assert "InputBucket" not in refs_in(policy), "queue policy must not reference the bucket (cycle)"
+    (allow,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert allow["Action"] == "sqs:SendMessage"
+    source_arn = allow["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    bucket_name = bucket["Properties"]["BucketName"]["Fn::Sub"]
+    # the same fixed name pattern, and the same variables
+    assert source_arn[0] == "arn:${AWS::Partition}:s3:::" + bucket_name[0]
+    assert source_arn[1] == bucket_name[1]
+    assert allow["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_queue_visibility_dlq_and_encryption(tpl):
+    queue = props(tpl, "InputQueue")
+    dlq = props(tpl, "InputDeadLetterQueue")
+    assert queue["VisibilityTimeout"] >= 6 * props(tpl, "S3AnonymizeFunction")["Timeout"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["InputDeadLetterQueue", "Arn"]}
+    assert int(queue["RedrivePolicy"]["maxReceiveCount"]) == 3
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    for q in (queue, dlq):
+        assert q.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in q
+
+
+def test_idempotency_table(tpl):
+    p = props(tpl, "IdempotencyTable")
+    assert p["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert {"AttributeName": "id", "AttributeType": "S"} in p["AttributeDefinitions"]
+    assert p["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["SSESpecification"]["SSEEnabled"] is True
+
+
+# -- functions -----------------------------------------------------------------------------------
+
+
+def test_s3_function_reads_the_queue_with_partial_batch_failures(tpl):
+    p = props(tpl, "S3AnonymizeFunction")
+    assert p["CodeUri"] == "functions/s3_anonymize"
+    assert p["MemorySize"] == 2048 and p["Timeout"] == 120
+    (event,) = p["Events"].values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["InputQueue", "Arn"]}
+    assert event["Properties"]["BatchSize"] == 5
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    env = function_env(tpl, "S3AnonymizeFunction")
+    assert env["OUTPUT_BUCKET"] == {"Ref": "OutputBucket"}
+    assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert env["MAX_OBJECT_BYTES"] == {"Ref": "MaxObjectBytes"}
+    assert env["ANONYMIZER_TARGETS"] == {"Ref": "DefaultTargets"}
+    assert env["ANONYMIZER_EFFECT"] == {"Ref": "DefaultEffect"}
+
+
+def test_api_requires_a_key_with_a_usage_plan_and_passes_binary(tpl):
+    api = props(tpl, "AnonymizerApi")
+    assert api["Auth"]["ApiKeyRequired"] is True
+    plan = api["Auth"]["UsagePlan"]
+    assert plan["CreateUsagePlan"] == "PER_API"
+    assert {"RateLimit", "BurstLimit"} <= set(plan["Throttle"]) and {"Limit", "Period"} <= set(plan["Quota"])
+    media = {m.replace("~1", "/") for m in api["BinaryMediaTypes"]}
+    assert {"*/*", "image/*", "application/octet-stream"} <= media
+
+
+def test_api_function_routes_and_environment(tpl):
+    p = props(tpl, "ApiAnonymizeFunction")
+    assert p["CodeUri"] == "functions/api_anonymize"
+    assert p["MemorySize"] == 2048 and p["Timeout"] <= 29
+    routes = set()
+    for event in p["Events"].values():
+        assert event["Type"] == "Api"
+        ep = event["Properties"]
+        assert ep["RestApiId"] == {"Ref": "AnonymizerApi"}
+        assert ep.get("Auth", {}).get("ApiKeyRequired", True) is True, "every route needs the API key"
+        routes.add((ep["Method"].upper(), ep["Path"]))
+    assert routes == {("POST", "/anonymize"), ("GET", "/openapi.json"), ("POST", "/uploads"), ("GET", "/results/{id}")}
+    env = function_env(tpl, "ApiAnonymizeFunction")
+    assert env["OUTPUT_BUCKET"] == {"Ref": "OutputBucket"}
+    assert env["UPLOAD_BUCKET"] == {"Ref": "InputBucket"}
+    assert env["UPLOAD_PREFIX"] == "uploads/"
+
+
+# -- least privilege -----------------------------------------------------------------------------
+
+
+def _resource_text(resource) -> str:
+    """A policy Resource as text: GetAtt X.Arn -> ${X.Arn}; Sub strings as written."""
+    if isinstance(resource, str):
+        return resource
+    if "Fn::GetAtt" in resource:
+        return "${" + ".".join(resource["Fn::GetAtt"]) + "}"
+    if "Fn::Sub" in resource:
+        sub = resource["Fn::Sub"]
+        return sub if isinstance(sub, str) else sub[0]
+    if "Ref" in resource:
+        return "${" + resource["Ref"] + "}"
+    raise AssertionError(f"unexpected resource form {resource}")
+
+
+def _s3_grants(tpl: dict, name: str) -> dict[str, set[str]]:
+    grants: dict[str, set[str]] = {}
+    for st in inline_statements(tpl, name):
+        assert st["Effect"] == "Allow"
+        actions = as_list(st["Action"])
+        res = [_resource_text(r) for r in as_list(st["Resource"])]
+        for action in actions:
+            assert action != "*" and not action.endswith(":*"), f"{name}: wildcard action {action}"
+            assert not any(r == "*" or r.endswith(":*") for r in res), f"{name}: {action} on *"
+            if action.startswith("s3:"):
+                grants.setdefault(action, set()).update(res)
+    return grants
+
+
+def test_functions_have_least_privilege(tpl):
+    allowed_templates = {"DynamoDBCrudPolicy", "DynamoDBReadPolicy", "S3ReadPolicy", "S3WritePolicy"}
+    for name in FUNCTIONS:
+        for policy in props(tpl, name).get("Policies", []):
+            assert isinstance(policy, dict), f"{name}: managed policy {policy} is not least privilege"
+            if "Statement" not in policy:
+                (tmpl,) = policy
+                assert tmpl in allowed_templates, f"{name}: policy template {tmpl}"
+                assert policy[tmpl] and "*" not in str(policy[tmpl])
+    s3 = _s3_grants(tpl, "S3AnonymizeFunction")
+    assert s3["s3:PutObject"] == {"${OutputBucket.Arn}/*"}  # writes only to the output bucket
+    assert s3["s3:GetObject"] == {"${InputBucket.Arn}/*"}  # reads only the input bucket
+    assert not any(a.startswith("s3:Delete") for a in s3)
+    ddb = [p for p in props(tpl, "S3AnonymizeFunction")["Policies"] if "DynamoDBCrudPolicy" in p]
+    assert ddb == [{"DynamoDBCrudPolicy": {"TableName": {"Ref": "IdempotencyTable"}}}]
+
+    api = _s3_grants(tpl, "ApiAnonymizeFunction")
+    assert api["s3:PutObject"] == {"${InputBucket.Arn}/uploads/*"}  # presigned uploads only
+    assert api["s3:GetObject"] == {"${InputBucket.Arn}/uploads/*", "${OutputBucket.Arn}/uploads/*"}
+    assert not any(a.startswith("s3:Delete") for a in api)
+    assert "DynamoDB" not in str(props(tpl, "ApiAnonymizeFunction")["Policies"])
+
+
+def test_outputs(tpl):
+    outputs = tpl["Outputs"]
+    for name in ("ApiUrl", "InputBucketName", "OutputBucketName", "InputQueueUrl", "DeadLetterQueueUrl"):
+        assert name in outputs
+    assert "AnonymizerApi" in refs_in(outputs["ApiUrl"]["Value"])
+
+
+# -- cfn-lint ------------------------------------------------------------------------------------
+
+
+def test_cfn_lint_passes():
+    api = pytest.importorskip("cfnlint.api", reason="cfn-lint is not installed (pip install cfn-lint)")
+    matches = api.lint_file(TEMPLATE)
+    errors = [m for m in matches if str(m.rule.id).startswith(("E", "W"))]
+    assert not errors, "\n".join(str(m) for m in errors)
