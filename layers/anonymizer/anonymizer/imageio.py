@@ -45,6 +45,8 @@ MAX_QUALITY = 95
 PNG_COMPRESSION = 6
 
 _ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+_MAX_SIDE = {"jpeg": 65_500, "webp": 16_383}
+"""Largest width or height each encoder can write (libjpeg, libwebp); beyond it imencode fails."""
 _EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
 
 
@@ -676,8 +678,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage
     if count > max_pixels:
         what = f"{info.width}x{info.height}" if count == info.width * info.height else "a frame"
         raise ImageTooLargeError(
-            f"image too large: {what} = {count / 1e6:.1f} megapixels, "
-            f"more than the limit of {max_pixels / 1e6:.1f}"
+            f"image too large: {what} = {_megapixels(count)} megapixels, "
+            f"more than the limit of {_megapixels(max_pixels)}"
         )
     _check_complete(data, header)
     if header.precision != 8:
@@ -723,6 +725,11 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage
     return DecodedImage(pixels=pixels, alpha=alpha, format=info.format, quality=quality)
 
 
+def _megapixels(count: int) -> str:
+    """1.5 for 1_500_000; small counts keep their digits (3840 -> 0.00384, not 0.0)."""
+    return f"{count / 1e6:.1f}" if count >= 100_000 else f"{count / 1e6:.6g}"
+
+
 def output_format_for(input_format: str) -> str:
     """Format we write for an input format: the same one, except GIF which we write as PNG.
 
@@ -744,7 +751,8 @@ def encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, quality: i
     call ``output_format_for`` first, it maps GIF to PNG. JPEG drops alpha (it has none) and uses
     ``quality`` clamped to 50..95 (default 90), optimized Huffman tables and baseline (not
     progressive) coding; WebP is lossy with the same quality rule and keeps alpha; PNG, BMP and
-    TIFF are lossless and keep alpha as BGRA.
+    TIFF are lossless and keep alpha as BGRA. A side longer than the format can hold (JPEG 65500,
+    WebP 16383) raises ImageTooLargeError, a request error, not an encoder failure.
     """
     key = _ALIASES.get(fmt.lower(), fmt.lower())
     if key not in OUTPUT_FORMATS:
@@ -756,6 +764,13 @@ def encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, quality: i
     if alpha is not None and (alpha.dtype != np.uint8 or alpha.shape != pixels.shape[:2]):
         raise ValueError("alpha must be an HxW uint8 array matching pixels")
     q = DEFAULT_QUALITY if quality is None else min(max(int(quality), MIN_QUALITY), MAX_QUALITY)
+    height, width = pixels.shape[:2]
+    limit = _MAX_SIDE.get(key)
+    if limit is not None and max(height, width) > limit:
+        raise ImageTooLargeError(
+            f"image too large for {key} output: {width}x{height}, but {key} holds at most "
+            f"{limit} pixels per side; choose another output format"
+        )
 
     image = pixels
     if alpha is not None and key != "jpeg":
