@@ -1,0 +1,484 @@
+"""API Gateway (REST, Lambda proxy) requests and responses for ``functions/api_anonymize``.
+
+Routes (the handler only wires them to these functions):
+
+* ``POST /anonymize`` — raw image bytes in the body, options in the query string; answers the
+  anonymized image (binary, base64 in the proxy response) or, with ``?format=json``, the
+  detections report. Requests and responses are capped by Lambda's 6 MB synchronous payload
+  limit: larger ones get ``413 payload_too_large`` telling the client to use ``POST /uploads``.
+* ``POST /uploads`` — a presigned PUT URL into ``UPLOAD_BUCKET/UPLOAD_PREFIX<id>``; options
+  travel as signed ``x-amz-meta-anonymize-*`` headers and the S3 flow reads them.
+* ``GET /results/{id}`` — 202 while processing, 200 with a presigned GET URL and the report
+  when done, 422 when the image could not be anonymized, 404 for an unknown id.
+* ``GET /openapi.json`` — :func:`openapi_document`.
+
+Errors are JSON ``{"error": code, "message": ...}`` with the error's ``http_status``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+
+from .. import __version__
+from ..errors import (
+    AnonymizerError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidOptionsError,
+    UnsupportedImageError,
+)
+from ..options import EFFECTS, OUTPUT_FORMATS, SHAPES, Options, options_from_env, parse_options
+from . import report_counts, request_option_values
+from .s3_flow import REPORT_SUFFIX
+from .storage import DEFAULT_MAX_OBJECT_BYTES, S3Storage, option_metadata
+
+# Lambda's synchronous invocation payload limit (request and response, each, as sent: base64).
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+# Room for the rest of the event / response (headers, request context, JSON framing).
+ENVELOPE_MARGIN = 64 * 1024
+MAX_SYNC_BODY_CHARS = SYNC_PAYLOAD_LIMIT - ENVELOPE_MARGIN
+DEFAULT_UPLOAD_PREFIX = "uploads/"
+DEFAULT_URL_EXPIRES = 900
+JSON = "application/json"
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class PayloadTooLargeError(ImageTooLargeError):
+    """The request or the response would not fit the synchronous API: use POST /uploads."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class NotFoundError(AnonymizerError):
+    code = "not_found"
+    http_status = 404
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    output_bucket: str = ""
+    upload_bucket: str = ""
+    upload_prefix: str = DEFAULT_UPLOAD_PREFIX
+    defaults: Options = field(default_factory=Options)
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    url_expires: int = DEFAULT_URL_EXPIRES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiConfig:
+        """OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX (``uploads/``), MAX_OBJECT_BYTES,
+        ANONYMIZER_* defaults; buckets may be empty when only POST /anonymize is deployed."""
+        env = os.environ if env is None else env
+        prefix = env.get("UPLOAD_PREFIX") or DEFAULT_UPLOAD_PREFIX
+        return cls(
+            output_bucket=env.get("OUTPUT_BUCKET", ""),
+            upload_bucket=env.get("UPLOAD_BUCKET", ""),
+            upload_prefix=prefix if prefix.endswith("/") else prefix + "/",
+            defaults=options_from_env(env),
+            max_object_bytes=int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_OBJECT_BYTES),
+            url_expires=int(env.get("PRESIGNED_URL_EXPIRES") or DEFAULT_URL_EXPIRES),
+        )
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status,
+        content_type=JSON,
+        body=json.dumps(body, default=str),
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def error_response(exc: AnonymizerError) -> Response:
+    """``{"error": code, "message": ...}`` with the error's HTTP status."""
+    return json_response(exc.http_status, {"error": exc.code, "message": str(exc)})
+
+
+def internal_error_response() -> Response:
+    """For unexpected exceptions: no details leak to the client (they are in the logs)."""
+    return json_response(500, {"error": "internal_error", "message": "internal error; nothing was published"})
+
+
+def not_found_response(path: str = "") -> Response:
+    route = f" {path}" if path else ""
+    return json_response(404, {"error": "not_found", "message": f"no such route{route}; see GET /openapi.json"})
+
+
+# -- request pieces -----------------------------------------------------------------------------
+
+
+def header(headers: Mapping[str, str] | None, name: str, default: str = "") -> str:
+    """Case-insensitive header lookup (API Gateway keeps the client's spelling)."""
+    name = name.lower()
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value
+    return default
+
+
+def request_body(event: Mapping[str, Any]) -> bytes:
+    """The raw request body of a REST proxy event, binary-safe.
+
+    Raises PayloadTooLargeError over the synchronous payload limit, and InvalidImageError when
+    an image arrived as text (the API is missing binary media types ``*/*``).
+    """
+    body = event.get("body") or ""
+    if len(body) > MAX_SYNC_BODY_CHARS:
+        raise PayloadTooLargeError(
+            f"request body is {len(body)} bytes as sent; the synchronous API accepts at most "
+            f"about {MAX_SYNC_BODY_CHARS * 3 // 4} bytes of image: use POST /uploads for larger images"
+        )
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidImageError("body is flagged base64 but is not valid base64") from None
+    content_type = header(event.get("headers"), "content-type").lower()
+    if body and (content_type.startswith("image/") or content_type == "application/octet-stream"):
+        raise InvalidImageError("the image arrived as text, not binary: the API must list binary media types (*/*)")
+    return body.encode("utf-8")
+
+
+def query_values(event: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
+
+
+def request_options(values: Mapping[str, str], defaults: Options) -> tuple[Options, bool]:
+    """Options from the query string; ``format=json`` asks for the report instead of the image."""
+    values = dict(values)
+    want_json = values.get("format", "").strip().lower() == "json"
+    if want_json:
+        values.pop("format")
+    return parse_options(request_option_values(values, "request"), defaults=defaults), want_json
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def anonymize(event: Mapping[str, Any], *, anonymizer: Any, defaults: Options) -> tuple[Response, dict[str, Any]]:
+    """POST /anonymize -> (response, summary for metrics). Raises AnonymizerError for 4xx."""
+    # curl --data-binary without -H sends x-www-form-urlencoded: the bytes are still the image
+    content_type = header(event.get("headers"), "content-type").lower()
+    if content_type.startswith("multipart/"):
+        raise UnsupportedImageError("send the raw image bytes as the body (curl --data-binary @face.jpg), not a form")
+    options, want_json = request_options(query_values(event), defaults)
+    data = request_body(event)
+    if not data:
+        raise InvalidImageError("empty body: send the image bytes as the request body")
+
+    started = time.perf_counter()
+    if want_json:
+        report = anonymizer.detect(data, options)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return json_response(200, report), _summary(report, latency_ms)
+
+    result = anonymizer.anonymize(data, options)
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    if (len(result.data) + 2) // 3 * 4 > MAX_SYNC_BODY_CHARS:
+        raise PayloadTooLargeError(
+            f"the anonymized image is {len(result.data)} bytes, too large for a synchronous response: use POST /uploads"
+        )
+    counts = report_counts(result.report)
+    response = Response(
+        status_code=200,
+        content_type=result.content_type,
+        body=result.data,  # bytes: Powertools base64-encodes and sets isBase64Encoded
+        headers={
+            "Cache-Control": "no-store",
+            "X-Anonymizer-Faces": str(counts["face"]),
+            "X-Anonymizer-Plates": str(counts["plate"]),
+        },
+    )
+    return response, _summary(result.report, latency_ms)
+
+
+def _summary(report: Mapping[str, Any], latency_ms: float) -> dict[str, Any]:
+    counts = report_counts(report)
+    return {"faces": counts["face"], "plates": counts["plate"], "latency_ms": round(latency_ms, 1)}
+
+
+def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiConfig) -> Response:
+    """POST /uploads: a presigned PUT for one image of up to MAX_OBJECT_BYTES.
+
+    Options come from the query string and/or a JSON body ``{"options": {...}}``; they are
+    validated now (400 on error) and signed into the URL as ``x-amz-meta-anonymize-*``
+    headers that the client must send with its PUT.
+    """
+    if not config.upload_bucket:
+        raise NotFoundError("uploads are not enabled on this deployment (UPLOAD_BUCKET is not set)")
+    values = query_values(event)
+    raw = request_body(event)
+    if raw.strip():
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise InvalidOptionsError('body must be JSON: {"options": {"effect": "pixelate"}}') from None
+        opts = payload.get("options", {}) if isinstance(payload, dict) else None
+        if not isinstance(opts, dict):
+            raise InvalidOptionsError('body must be JSON: {"options": {"effect": "pixelate"}}')
+        values.update({str(k): str(v) for k, v in opts.items()})
+    checked = request_option_values(values, "request")
+    parse_options(checked, defaults=config.defaults)  # 400 now rather than a failed object later
+
+    upload_id = uuid.uuid4().hex
+    key = config.upload_prefix + upload_id
+    url, headers = storage.presign_put(
+        config.upload_bucket, key, expires=config.url_expires, metadata=option_metadata(checked)
+    )
+    result_path = f"/results/{upload_id}"
+    body = {
+        "id": upload_id,
+        "upload": {
+            "method": "PUT",
+            "url": url,
+            "headers": headers,
+            "expires_in": config.url_expires,
+            "max_bytes": config.max_object_bytes,
+        },
+        "result": {"method": "GET", "path": result_path, "url": _base_url(event) + result_path},
+    }
+    return json_response(201, body, headers={"Location": _base_url(event) + result_path})
+
+
+def get_result(upload_id: str, *, storage: S3Storage, config: ApiConfig) -> Response:
+    """GET /results/{id}: done (200, presigned GET + report), processing (202), failed (422)."""
+    if not _UPLOAD_ID.fullmatch(upload_id or "") or not config.upload_bucket:
+        raise NotFoundError(f"unknown upload id {upload_id!r}")
+    key = config.upload_prefix + upload_id
+    out = storage.head(config.output_bucket, key)
+    if out is not None:
+        report = storage.read_json(config.output_bucket, key + REPORT_SUFFIX)
+        return json_response(
+            200,
+            {
+                "id": upload_id,
+                "status": "done",
+                "image": {
+                    "url": storage.presign_get(
+                        config.output_bucket, key, expires=config.url_expires, content_type=out.content_type
+                    ),
+                    "content_type": out.content_type,
+                    "size": out.size,
+                    "expires_in": config.url_expires,
+                },
+                "report": report,
+            },
+        )
+    src = storage.head(config.upload_bucket, key)
+    if src is None:
+        raise NotFoundError(f"no upload with id {upload_id} (not uploaded yet, or expired)")
+    tags = storage.get_tags(config.upload_bucket, key)
+    if tags.get("anonymizer-status") == "failed":
+        return json_response(
+            422,
+            {
+                "id": upload_id,
+                "status": "failed",
+                "error": tags.get("anonymizer-error", "error"),
+                "message": tags.get("anonymizer-message", "the image could not be anonymized"),
+            },
+        )
+    return json_response(202, {"id": upload_id, "status": "processing"}, headers={"Retry-After": "2"})
+
+
+def _base_url(event: Mapping[str, Any]) -> str:
+    """``https://api-id.execute-api.region.amazonaws.com/stage`` (or the local server's URL)."""
+    headers = event.get("headers") or {}
+    ctx = event.get("requestContext") or {}
+    host = header(headers, "host") or ctx.get("domainName", "")
+    if not host:
+        return ""
+    proto = header(headers, "x-forwarded-proto", "https")
+    stage = ctx.get("stage") or ""
+    # The stage is in the path on execute-api hosts, not on custom domains or locally.
+    prefix = f"/{stage}" if stage and host.endswith(".amazonaws.com") else ""
+    return f"{proto}://{host}{prefix}"
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------
+
+
+def openapi_document(server_url: str = "") -> dict[str, Any]:
+    """The OpenAPI 3 description of this API (served at GET /openapi.json)."""
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def err(description: str) -> dict:
+        return {"description": description, "content": {JSON: {"schema": error}}}
+
+    option_params = [
+        _param("targets", "Comma-separated subset of face,plate.", {"type": "string", "example": "face,plate"}),
+        _param("effect", "Effect for every target.", {"type": "string", "enum": list(EFFECTS)}),
+        _param("face.effect", "Effect for faces (overrides effect).", {"type": "string", "enum": list(EFFECTS)}),
+        _param("plate.effect", "Effect for plates.", {"type": "string", "enum": list(EFFECTS)}),
+        _param("threshold", "Detection threshold (default: the model's).", {"type": "number"}),
+        _param("min_size", "Smallest object to find, in pixels (default: the model's).", {"type": "number"}),
+        _param("margin", "Box enlargement, fraction of its size.", {"type": "number"}),
+        _param("shape", "Mask shape.", {"type": "string", "enum": list(SHAPES)}),
+        _param("strength", "Effect strength multiplier.", {"type": "number"}),
+        _param("blocks", "Pixelate: blocks across the region.", {"type": "integer"}),
+        _param("color", "Fill colour, #RRGGBB.", {"type": "string"}),
+        _param("quality", "JPEG/WebP output quality.", {"type": "integer"}),
+    ]
+    format_param = _param(
+        "format",
+        "Output format, or `json` for the detections report instead of the image.",
+        {"type": "string", "enum": [*OUTPUT_FORMATS, "json"]},
+    )
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Image anonymizer",
+            "version": __version__,
+            "description": "Finds faces and licence plates and makes them unrecognisable. Per-target "
+            "options use a prefix (`face.effect=pixelate`). Images over about 4.5 MB go through "
+            "`POST /uploads`.",
+        },
+        "paths": {
+            "/anonymize": {
+                "post": {
+                    "summary": "Anonymize one image",
+                    "operationId": "anonymize",
+                    "parameters": [format_param, *option_params],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The anonymized image, or the report with format=json.",
+                            "headers": {
+                                "X-Anonymizer-Faces": {"schema": {"type": "integer"}},
+                                "X-Anonymizer-Plates": {"schema": {"type": "integer"}},
+                            },
+                            "content": {
+                                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                                JSON: {"schema": {"type": "object"}},
+                            },
+                        },
+                        "400": err("Invalid image or options."),
+                        "413": err("Too large: use POST /uploads."),
+                        "415": err("Unsupported image (e.g. animated)."),
+                        "500": err("Detection failed; nothing was published."),
+                    },
+                }
+            },
+            "/uploads": {
+                "post": {
+                    "summary": "Get a presigned URL to upload a large image",
+                    "operationId": "createUpload",
+                    "parameters": option_params,
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"options": {"type": "object"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "PUT the image to upload.url with upload.headers, then poll result.url.",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Upload"}}},
+                        },
+                        "400": err("Invalid options."),
+                    },
+                }
+            },
+            "/results/{id}": {
+                "get": {
+                    "summary": "Status and result of an upload",
+                    "operationId": "getResult",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "Done: image.url is a presigned GET URL; report is the detections report.",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Result"}}},
+                        },
+                        "202": {
+                            "description": "Still processing; retry.",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Result"}}},
+                        },
+                        "404": err("Unknown id, or not uploaded yet."),
+                        "422": err("The image could not be anonymized."),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": {"description": "OpenAPI 3 document", "content": {JSON: {}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Upload": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "upload": {
+                            "type": "object",
+                            "properties": {
+                                "method": {"type": "string"},
+                                "url": {"type": "string"},
+                                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "expires_in": {"type": "integer"},
+                                "max_bytes": {"type": "integer"},
+                            },
+                        },
+                        "result": {
+                            "type": "object",
+                            "properties": {
+                                "method": {"type": "string"},
+                                "path": {"type": "string"},
+                                "url": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+                "Result": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["processing", "done", "failed"]},
+                        "image": {"type": "object"},
+                        "report": {"type": "object"},
+                    },
+                },
+            }
+        },
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
+
+
+def _param(name: str, description: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def openapi_response(event: Mapping[str, Any]) -> Response:
+    return json_response(200, openapi_document(_base_url(event)), headers={"Cache-Control": "max-age=300"})

@@ -1,0 +1,652 @@
+"""Run the real Lambda functions on this machine against moto's S3/SQS/DynamoDB HTTP server.
+
+Nothing here is a re-implementation of the functions: the very ``lambda_handler`` functions of
+``functions/s3_anonymize/app.py`` and ``functions/api_anonymize/app.py`` are loaded by file path
+and invoked with real event shapes, and every AWS call goes over HTTP to a local moto server
+(``AWS_ENDPOINT_URL``). The input bucket notifies an SQS queue (with a DLQ) exactly as deployed,
+and the S3 function is fed from that queue.
+
+* :func:`run_local_s3_flow` — ``anonymize local-run``: upload files, let S3 notify SQS, run the
+  S3 function on the messages, download the anonymized images and their reports.
+* :func:`serve` — ``anonymize serve``: an HTTP server that turns requests into API Gateway REST
+  proxy events for the API function (``curl --data-binary @face.jpg
+  -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8080/anonymize?effect=pixelate' -o out.jpg``);
+  uploads to the presigned URLs land in moto and are processed by the S3 function in the
+  background, so ``POST /uploads`` -> ``PUT`` -> ``GET /results/{id}`` works too.
+
+Requires the ``moto[server]`` extra (a dev dependency) and a source checkout (for ``functions/``).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .storage import option_metadata
+
+REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"
+API_REQUEST_LIMIT = 10 * 1024 * 1024  # API Gateway REST hard limit on request payloads
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+# Serialises handler invocations: one Lambda container handles one event at a time.
+_invoke_lock = threading.RLock()
+
+
+# -- Lambda runtime pieces ----------------------------------------------------------------------
+
+
+@dataclass
+class FakeLambdaContext:
+    """Enough of the Lambda context object for Powertools (logger, idempotency, batch)."""
+
+    function_name: str = "anonymizer-local"
+    memory_limit_in_mb: int = 2048
+    timeout_s: float = 900.0
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/anonymizer-local"
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self._started)) * 1000))
+
+
+def functions_dir() -> Path:
+    """``functions/`` of the source checkout (or ``$ANONYMIZER_FUNCTIONS_DIR``)."""
+    env = os.environ.get("ANONYMIZER_FUNCTIONS_DIR")
+    if env:
+        return Path(env)
+    # layers/anonymizer/anonymizer/aws/local.py -> repository root
+    return Path(__file__).resolve().parents[4] / "functions"
+
+
+def load_function(name: str, directory: Path | None = None) -> ModuleType:
+    """Import ``functions/<name>/app.py`` as a fresh module (``functions/`` is not a package).
+
+    The module reads its environment at import time, like a Lambda cold start: set the
+    environment first. Each call gives a new module, i.e. a new "container". The module is
+    named ``app``, as in Lambda (handler ``app.lambda_handler``): Powertools idempotency keys
+    include the function's module name, so they match across cold starts and deployments.
+    """
+    path = (directory or functions_dir()) / name / "app.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: local emulation needs a source checkout")
+    spec = importlib.util.spec_from_file_location("app", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get("app")
+    sys.modules["app"] = module  # only while it executes; two functions may be loaded at once
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            sys.modules.pop("app", None)
+        else:
+            sys.modules["app"] = previous
+    return module
+
+
+def sqs_event(messages: Iterable[Mapping[str, Any]], queue_arn: str) -> dict:
+    """The Lambda SQS event for messages as returned by ReceiveMessage."""
+    records = []
+    for m in messages:
+        attrs = m.get("Attributes") or {}
+        records.append(
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m.get("ReceiptHandle", ""),
+                "body": m["Body"],
+                "attributes": {
+                    "ApproximateReceiveCount": attrs.get("ApproximateReceiveCount", "1"),
+                    "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
+                    "SenderId": attrs.get("SenderId", ACCOUNT_ID),
+                    "ApproximateFirstReceiveTimestamp": attrs.get(
+                        "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+                    ),
+                },
+                "messageAttributes": {},
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": queue_arn.split(":")[3] if queue_arn.count(":") >= 5 else REGION,
+            }
+        )
+    return {"Records": records}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# -- moto-backed "account" ----------------------------------------------------------------------
+
+
+@dataclass
+class LocalAwsNames:
+    input_bucket: str = "anonymizer-input"
+    output_bucket: str = "anonymizer-output"
+    table: str = "anonymizer-idempotency"
+    queue: str = "anonymizer-input-events"
+    dlq: str = "anonymizer-input-events-dlq"
+    upload_prefix: str = "uploads/"
+
+
+def aws_environment(endpoint_url: str, names: LocalAwsNames, region: str = REGION) -> dict[str, str]:
+    """The environment both functions see locally (fake credentials, moto endpoint, names)."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "OUTPUT_BUCKET": names.output_bucket,
+        "UPLOAD_BUCKET": names.input_bucket,
+        "UPLOAD_PREFIX": names.upload_prefix,
+        "IDEMPOTENCY_TABLE": names.table,
+        "POWERTOOLS_SERVICE_NAME": "anonymizer",
+        "POWERTOOLS_METRICS_NAMESPACE": "Anonymizer",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+
+
+def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibility_timeout: int = 30) -> dict:
+    """Buckets, idempotency table, queue + DLQ and the input bucket's notification to the queue,
+    as the SAM template deploys them. Uses the current environment (AWS_ENDPOINT_URL)."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    sqs = boto3.client("sqs")
+    ddb = boto3.client("dynamodb")
+    for bucket in (names.input_bucket, names.output_bucket):
+        s3.create_bucket(Bucket=bucket)
+    ddb.create_table(
+        TableName=names.table,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    ddb.update_time_to_live(
+        TableName=names.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
+    )
+    dlq_url = sqs.create_queue(QueueName=names.dlq)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_url = sqs.create_queue(
+        QueueName=names.queue,
+        Attributes={
+            "VisibilityTimeout": str(visibility_timeout),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    if notifications:
+        s3.put_bucket_notification_configuration(
+            Bucket=names.input_bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
+    return {"queue_url": queue_url, "queue_arn": queue_arn, "dlq_url": dlq_url, "dlq_arn": dlq_arn}
+
+
+class LocalAws:
+    """moto's real HTTP server on 127.0.0.1 plus the deployed resources, as a context manager.
+
+    Sets the AWS environment for this process while open and restores it on exit.
+    """
+
+    def __init__(
+        self,
+        names: LocalAwsNames | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        env_defaults: Mapping[str, str] | None = None,
+    ):
+        self.names = names or LocalAwsNames()
+        self.host = host
+        self.port = port
+        self.env_defaults = dict(env_defaults or {})  # applied only where not already set
+        self.server: Any = None
+        self.resources: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LocalAws:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
+
+        self.port = self.port or free_port(self.host)
+        self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self.server.start()
+        env = {k: v for k, v in self.env_defaults.items() if k not in os.environ}
+        env.update(aws_environment(self.endpoint_url, self.names))
+        self._saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            self.resources = create_resources(self.names)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self) -> LocalAws:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION)
+
+    def pump(self, handler: Callable[[dict, Any], dict], *, rounds: int | None = None) -> list[dict]:
+        """Feed the queue's messages to the S3 function in batches until none is visible.
+
+        Successful messages are deleted (what the Lambda poller does); failed ones stay and
+        come back after the visibility timeout (after 3 receives, moto moves them to the DLQ).
+        Returns one ``{"event", "response"}`` per invocation.
+        """
+        sqs = self.client("sqs")
+        done = []
+        while rounds is None or len(done) < rounds:
+            messages = sqs.receive_message(
+                QueueUrl=self.resources["queue_url"],
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+            if not messages:
+                break
+            event = sqs_event(messages, self.resources["queue_arn"])
+            with _invoke_lock:
+                response = handler(event, FakeLambdaContext(function_name="anonymizer-s3"))
+            failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(messages)
+                if m["MessageId"] not in failed
+            ]
+            if entries:
+                sqs.delete_message_batch(QueueUrl=self.resources["queue_url"], Entries=entries)
+            done.append({"event": event, "response": response})
+        return done
+
+
+# -- local-run ----------------------------------------------------------------------------------
+
+
+def safe_local_path(root: Path, key: str) -> Path:
+    """Where an S3 key is written under ``root``; never outside it.
+
+    S3 keys are not paths: ``../x.jpg`` is a legal key. Empty, ``.`` and ``..`` segments are
+    replaced, so the file always lands inside ``root``.
+    """
+    parts = []
+    for part in key.replace("\\", "/").split("/"):
+        if part in ("", ".", ".."):
+            part = {"": "_", ".": "_.", "..": "_.."}[part]
+        parts.append(part.replace("\x00", "_"))
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):  # belt and braces
+        raise ValueError(f"key {key!r} escapes {root}")
+    return path
+
+
+def _expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(file, key) pairs: files as their name, directories recursively as relative paths."""
+    pairs: list[tuple[Path, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    pairs.append((path, path.relative_to(item).as_posix()))
+        elif item.is_file():
+            pairs.append((item, item.name))
+        else:
+            raise FileNotFoundError(item)
+    seen: dict[str, int] = {}
+    unique = []
+    for path, key in pairs:  # two inputs with the same name must not overwrite each other
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        unique.append((path, key if n == 0 else f"{n}/{key}"))
+    return unique
+
+
+def run_local_s3_flow(
+    inputs: list[Path],
+    out_dir: Path,
+    options: dict | None = None,
+    *,
+    quiet: bool = False,
+) -> dict:
+    """Process files through the deployed S3 path, locally, and download the results.
+
+    Starts moto's HTTP server, creates the input/output buckets, the idempotency table and the
+    queue + DLQ, subscribes the queue to the input bucket's ObjectCreated events, uploads each
+    input (``options`` become ``x-amz-meta-anonymize-*`` metadata, exactly as a real uploader
+    would set them), runs the real S3 function on the queued S3 notifications, and writes each
+    anonymized image to ``out_dir/<key>`` with its sidecar report ``<key>.report.json``.
+
+    Without inputs it processes an embedded sample: scikit-image's astronaut (a real face).
+
+    Returns ``{"ok": n, "failed": m, "objects": [{"input", "key", "status", ...}]}`` and prints
+    a one-line-per-object summary unless ``quiet``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = _expand_inputs(inputs) if inputs else [(Path("<sample>"), "samples/astronaut.jpg")]
+    quiet_env = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+    with LocalAws(env_defaults=quiet_env) as aws:
+        function = load_function("s3_anonymize")
+        s3 = aws.client("s3")
+        metadata = option_metadata(options or {})
+        for path, key in pairs:
+            body = sample_image() if str(path) == "<sample>" else path.read_bytes()
+            s3.put_object(Bucket=aws.names.input_bucket, Key=key, Body=body, Metadata=metadata)
+        aws.pump(function.lambda_handler)
+        objects = [_collect(s3, aws.names, path, key, out_dir) for path, key in pairs]
+    summary = {
+        "ok": sum(o["status"] == "ok" for o in objects),
+        "failed": sum(o["status"] != "ok" for o in objects),
+        "out_dir": str(out_dir),
+        "objects": objects,
+    }
+    if not quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def sample_image() -> bytes:
+    """A JPEG with one real face: scikit-image's astronaut (public domain, NASA)."""
+    try:
+        import cv2
+        from skimage import data
+    except ImportError as exc:  # pragma: no cover - dev extra missing
+        raise RuntimeError("the embedded sample needs scikit-image (pip install -e .[dev]); pass images") from exc
+    bgr = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def _collect(s3: Any, names: LocalAwsNames, path: Path, key: str, out_dir: Path) -> dict:
+    from .s3_flow import report_key
+
+    entry: dict[str, Any] = {"input": str(path), "key": key}
+    try:
+        obj = s3.get_object(Bucket=names.output_bucket, Key=key)
+    except s3.exceptions.NoSuchKey:
+        tags = {
+            t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=names.input_bucket, Key=key).get("TagSet", [])
+        }
+        entry.update(
+            status="failed",
+            error=tags.get("anonymizer-error", "failed"),
+            message=tags.get("anonymizer-message", "see the function's log"),
+        )
+        return entry
+    target = safe_local_path(out_dir, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(obj["Body"].read())
+    report = json.loads(s3.get_object(Bucket=names.output_bucket, Key=report_key(key))["Body"].read())
+    report_path = target.with_name(target.name + ".report.json")
+    report_path.write_text(json.dumps(report, indent=2, default=str))
+    counts = report.get("counts", {})
+    entry.update(
+        status="ok",
+        output=str(target),
+        report=str(report_path),
+        content_type=obj.get("ContentType"),
+        faces=counts.get("face", 0),
+        plates=counts.get("plate", 0),
+    )
+    return entry
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    lines = []
+    for o in summary["objects"]:
+        if o["status"] == "ok":
+            lines.append(f"ok      {o['key']}: {o['faces']} face(s), {o['plates']} plate(s) -> {o['output']}")
+        else:
+            lines.append(f"FAILED  {o['key']}: {o['error']}: {o['message']}")
+    lines.append(f"{summary['ok']} anonymized, {summary['failed']} failed; results in {summary['out_dir']}")
+    return "\n".join(lines)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def api_event(
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    source_ip: str = "127.0.0.1",
+    stage: str = "local",
+) -> dict:
+    """An API Gateway REST (v1) Lambda proxy event; the body is always base64 (binary media
+    types ``*/*``, as deployed)."""
+    headers = dict(headers or {})
+    query = {k: list(v) for k, v in (query or {}).items()}
+    host = next((v for k, v in headers.items() if k.lower() == "host"), "localhost")
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method.upper(),
+        "headers": headers or None,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()} or None,
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": "local",
+            "domainName": host,
+            "httpMethod": method.upper(),
+            "identity": {"sourceIp": source_ip, "userAgent": headers.get("User-Agent", "")},
+            "path": f"/{stage}{path}",
+            "protocol": "HTTP/1.1",
+            "requestId": str(uuid.uuid4()),
+            "requestTimeEpoch": int(time.time() * 1000),
+            "resourcePath": "/{proxy+}",
+            "stage": stage,
+        },
+        "body": base64.b64encode(body).decode() if body else None,
+        "isBase64Encoded": bool(body),
+    }
+
+
+def proxy_response_parts(response: Mapping[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body bytes) from a Lambda proxy response."""
+    headers: list[tuple[str, str]] = []
+    for key, value in (response.get("headers") or {}).items():
+        headers.append((key, str(value)))
+    for key, values in (response.get("multiValueHeaders") or {}).items():
+        if key not in (response.get("headers") or {}):
+            headers.extend((key, str(v)) for v in values)
+    body = response.get("body") or ""
+    data = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode("utf-8")
+    return int(response.get("statusCode", 502)), headers, data
+
+
+class LocalApi:
+    """The API function behind a local HTTP server, with moto and a background S3 worker.
+
+    ``with LocalApi(port=0) as api: api.url`` — used by :func:`serve` and by tests.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        worker_interval: float = 0.5,
+        env_defaults: Mapping[str, str] | None = None,
+    ):
+        self.host = host
+        self.port = port
+        self.worker_interval = worker_interval  # 0: no background worker (call process_uploads)
+        self.aws = LocalAws(env_defaults=env_defaults)
+        self.httpd: ThreadingHTTPServer | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LocalApi:
+        self.aws.start()
+        try:
+            self.api_function = load_function("api_anonymize")
+            self.s3_function = load_function("s3_anonymize")
+            handler = _make_request_handler(self.api_function.lambda_handler)
+            self.httpd = ThreadingHTTPServer((self.host, self.port), handler)
+        except BaseException:
+            self.aws.stop()
+            raise
+        self.port = self.httpd.server_address[1]
+        self._threads = [threading.Thread(target=self.httpd.serve_forever, name="local-api", daemon=True)]
+        if self.worker_interval > 0:
+            self._threads.append(threading.Thread(target=self._worker, name="local-s3-worker", daemon=True))
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _worker(self) -> None:
+        while not self._stop.wait(self.worker_interval):
+            try:
+                self.aws.pump(self.s3_function.lambda_handler)
+            except Exception as exc:  # noqa: BLE001 - keep serving; the function logged it
+                print(f"local S3 worker: {exc!r}", file=sys.stderr)
+
+    def process_uploads(self) -> list[dict]:
+        """Run the S3 function on whatever is queued now (tests call this instead of waiting)."""
+        return self.aws.pump(self.s3_function.lambda_handler)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self.aws.stop()
+
+    def __enter__(self) -> LocalApi:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _make_request_handler(api_handler: Callable[[dict, Any], dict]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "anonymizer-local"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > API_REQUEST_LIMIT:
+                self.close_connection = True
+                body = json.dumps({"error": "payload_too_large", "message": "request over 10 MB: use POST /uploads"})
+                self._send(413, [("Content-Type", "application/json")], body.encode())
+                return
+            data = self.rfile.read(length) if length else b""
+            url = urlsplit(self.path)
+            headers = {k: v for k, v in self.headers.items()}
+            headers.setdefault("Host", f"{self.server.server_address[0]}:{self.server.server_address[1]}")
+            headers["X-Forwarded-Proto"] = "http"
+            event = api_event(
+                self.command,
+                url.path or "/",
+                query=parse_qs(url.query, keep_blank_values=True),
+                headers=headers,
+                body=data,
+                source_ip=self.client_address[0],
+            )
+            with _invoke_lock:
+                response = api_handler(event, FakeLambdaContext(function_name="anonymizer-api"))
+            status, out_headers, body = proxy_response_parts(response)
+            self._send(status, out_headers, body)
+
+        def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers:
+                if key.lower() not in ("content-length", "connection"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    return Handler
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the API locally until Ctrl-C.
+
+    ``POST /anonymize`` runs the real API function; ``POST /uploads`` hands out presigned URLs
+    into a local moto S3 whose uploads a background worker processes with the real S3 function,
+    so the large-image flow works end to end on one machine.
+    """
+    with LocalApi(host, port, env_defaults={"POWERTOOLS_METRICS_DISABLED": "true"}) as api:
+        print(f"anonymizer API on {api.url} (S3/SQS/DynamoDB: moto on {api.aws.endpoint_url})")
+        print(
+            f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' "
+            f"'{api.url}/anonymize?effect=pixelate' -o out.jpg"
+        )
+        print(f"  curl {api.url}/openapi.json")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping")

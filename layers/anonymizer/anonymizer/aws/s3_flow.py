@@ -1,0 +1,266 @@
+"""One S3 object through the anonymizer: read, anonymize in memory, publish.
+
+Input bucket --(ObjectCreated)--> SQS --> ``functions/s3_anonymize`` --> :func:`process_object`.
+
+What gets published, in the OUTPUT bucket only (never the input bucket), under the SAME key:
+
+* ``<key>.report.json`` — the sidecar report (source, output, counts, models, the pipeline's
+  full report with every detection). Written first.
+* ``<key>`` — the anonymized image, written LAST, in one PUT, with its content type,
+  metadata ``anonymizer-faces`` / ``anonymizer-plates`` / ``anonymizer-version`` /
+  ``anonymizer-source-etag`` and tags ``anonymizer-status=ok``,
+  ``anonymizer-model=<model versions>``.
+
+The image is anonymized fully in memory before anything is written, so a failure (corrupt
+image, detector error, option error, too large) raises before any PUT: nothing is published
+for a failed object and the SQS record fails (retries, then the DLQ). The image being the last
+write means: whoever sees the image can also find its report. Failures that retrying cannot
+fix (4xx-like :class:`~anonymizer.errors.AnonymizerError`) are also recorded as tags on the
+*input* object (``anonymizer-status=failed``, ``anonymizer-error=<code>``), best effort, so
+that ``GET /results/{id}`` can say why; no image or report is ever written for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from .. import __version__
+from ..errors import AnonymizerError, ImageTooLargeError
+from ..options import Options, options_from_env, parse_options
+from . import report_counts, report_models, request_option_values
+from .storage import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    S3Storage,
+    object_option_values,
+    tag_value,
+)
+
+REPORT_SUFFIX = ".report.json"
+
+# Idempotency key: the object's identity. versionId when the bucket is versioned, else the
+# eTag (content hash); a re-upload of different bytes under the same key is a new key.
+IDEMPOTENCY_KEY_JMESPATH = "[bucket, key, version_id || etag]"
+
+
+class ConfigurationError(RuntimeError):
+    """The deployment is misconfigured (e.g. output bucket == input bucket)."""
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object named by an S3 event, key already URL-decoded.
+
+    This dataclass is the idempotency payload (Powertools turns it into a dict).
+    """
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    event_name: str = "ObjectCreated:Put"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    output_bucket: str
+    defaults: Options = field(default_factory=Options)
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FlowConfig:
+        """OUTPUT_BUCKET (required), MAX_OBJECT_BYTES (default 50 MB), ANONYMIZER_* defaults."""
+        env = os.environ if env is None else env
+        output = env.get("OUTPUT_BUCKET", "")
+        if not output:
+            raise ConfigurationError("OUTPUT_BUCKET is not set")
+        return cls(
+            output_bucket=output,
+            defaults=options_from_env(env),
+            max_object_bytes=int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_OBJECT_BYTES),
+        )
+
+
+def report_key(key: str) -> str:
+    """Where the sidecar report of ``key`` lives in the output bucket."""
+    return key + REPORT_SUFFIX
+
+
+# -- events -> object references ----------------------------------------------------------------
+
+
+def refs_from_s3_event(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """Objects created, from an S3 event notification (``{"Records": [...]}``).
+
+    Keys arrive URL-encoded with ``+`` for spaces and are decoded here. ``s3:TestEvent``
+    (sent when notifications are configured) and non-ObjectCreated records give nothing.
+    """
+    from aws_lambda_powertools.utilities.data_classes import S3Event
+
+    if not event.get("Records"):
+        return []  # s3:TestEvent or an empty notification
+    refs = []
+    for record in S3Event(dict(event)).records:
+        if not record.event_name.startswith("ObjectCreated"):
+            continue
+        obj = record.s3.get_object
+        size = obj.get("size")
+        refs.append(
+            ObjectRef(
+                bucket=record.s3.bucket.name,
+                key=unquote_plus(obj.key),
+                version_id=obj.version_id or None,
+                etag=obj.etag.strip('"') or None,
+                size=int(size) if size is not None else None,
+                event_name=record.event_name,
+            )
+        )
+    return refs
+
+
+def refs_from_sqs_body(body: str) -> list[ObjectRef]:
+    """Objects from one SQS message body: an S3 event notification, possibly inside an SNS
+    envelope (S3 -> SNS -> SQS). A body that is not JSON raises ValueError (record fails)."""
+    message = json.loads(body)
+    if isinstance(message, dict) and message.get("Type") == "Notification" and "Message" in message:
+        message = json.loads(message["Message"])
+    if not isinstance(message, dict):
+        raise ValueError("SQS message body is not an S3 event notification")
+    return refs_from_s3_event(message)
+
+
+# -- the flow -----------------------------------------------------------------------------------
+
+
+def process_object(
+    ref: ObjectRef,
+    *,
+    storage: S3Storage,
+    anonymizer: Any,
+    config: FlowConfig,
+) -> dict[str, Any]:
+    """Anonymize one object and publish it; returns a small JSON-able summary.
+
+    ``summary["status"]`` is ``"ok"`` or ``"skipped"`` (folder marker, object deleted or
+    overwritten since the event). Any failure raises and nothing is written to the output bucket.
+    """
+    if ref.bucket == config.output_bucket:
+        raise ConfigurationError("refusing to process the output bucket (OUTPUT_BUCKET == input bucket)")
+    base = {"bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id, "etag": ref.etag}
+    if ref.key.endswith("/") and not ref.size:
+        return {**base, "status": "skipped", "reason": "folder marker"}
+    if ref.size is not None and ref.size > config.max_object_bytes:
+        # The event already says it is too large: no HEAD, no download.
+        error = ImageTooLargeError(
+            f"object is {ref.size} bytes; the limit is {config.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
+        )
+        mark_failed(storage, ref, error)
+        raise error
+
+    started = time.perf_counter()
+    try:
+        obj = storage.read(
+            ref.bucket, ref.key, version_id=ref.version_id, etag=ref.etag, max_bytes=config.max_object_bytes
+        )
+        tags = storage.get_tags(ref.bucket, ref.key, version_id=ref.version_id)
+        values = request_option_values(object_option_values(obj.info.metadata, tags), "object metadata/tags")
+        options = parse_options(values, defaults=config.defaults)
+        result = anonymizer.anonymize(obj.data, options)  # fully in memory, before any write
+    except ObjectNotFoundError:
+        return {**base, "status": "skipped", "reason": "object no longer exists"}
+    except ObjectChangedError:
+        return {**base, "status": "skipped", "reason": "object was overwritten; its own event follows"}
+    except AnonymizerError as exc:
+        mark_failed(storage, ref, exc)
+        raise
+    latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
+
+    counts = report_counts(result.report)
+    models = report_models(result.report)
+    out_key = ref.key  # the same key: just a key in S3, never a path
+    sidecar = {
+        "status": "ok",
+        "anonymizer_version": __version__,
+        "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": {**base, "etag": obj.info.etag, "version_id": obj.info.version_id, "size": obj.info.size},
+        "output": {
+            "bucket": config.output_bucket,
+            "key": out_key,
+            "content_type": result.content_type,
+            "format": result.format,
+            "size": len(result.data),
+        },
+        "counts": counts,
+        "models": models,
+        "options": values,
+        "latency_ms": latency_ms,
+        "report": result.report,
+    }
+    storage.put_json(config.output_bucket, report_key(out_key), sidecar, tags={"anonymizer-status": "ok"})
+    storage.put(
+        config.output_bucket,
+        out_key,
+        result.data,
+        content_type=result.content_type,
+        metadata={
+            "anonymizer-faces": str(counts["face"]),
+            "anonymizer-plates": str(counts["plate"]),
+            "anonymizer-version": __version__,
+            "anonymizer-source-etag": obj.info.etag,
+        },
+        tags={"anonymizer-status": "ok", "anonymizer-model": model_tag(models)},
+    )
+    return {
+        **base,
+        "etag": obj.info.etag,
+        "version_id": obj.info.version_id,
+        "status": "ok",
+        "output_bucket": config.output_bucket,
+        "output_key": out_key,
+        "report_key": report_key(out_key),
+        "content_type": result.content_type,
+        "faces": counts["face"],
+        "plates": counts["plate"],
+        "models": models,
+        "bytes_in": obj.info.size,
+        "bytes_out": len(result.data),
+        "latency_ms": latency_ms,
+    }
+
+
+def model_tag(models: Mapping[str, str]) -> str:
+    """``{"face": "centerface-1.0", "plate": "p-0.3"}`` -> ``face=centerface-1.0 plate=p-0.3``
+    (S3 tag values allow letters, digits, spaces and ``+-=._:/@``, at most 256 characters)."""
+    text = " ".join(f"{name}={version}" for name, version in sorted(models.items())) or "unknown"
+    return tag_value(text)
+
+
+def mark_failed(storage: S3Storage, ref: ObjectRef, error: AnonymizerError) -> None:
+    """Best effort: tag the INPUT object with why it cannot be anonymized (permanent errors only).
+
+    Only tags change (no new object version, no ObjectCreated event); a missing permission or
+    any S3 error is ignored because the record fails anyway.
+    """
+    if getattr(error, "http_status", 500) >= 500:
+        return  # maybe transient (detector): the retry may succeed
+    with contextlib.suppress(Exception):  # best effort: never mask the real error
+        storage.add_tags(
+            ref.bucket,
+            ref.key,
+            {
+                "anonymizer-status": "failed",
+                "anonymizer-error": getattr(error, "code", "error"),
+                "anonymizer-message": str(error),
+            },
+            version_id=ref.version_id,
+        )

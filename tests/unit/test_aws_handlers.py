@@ -1,0 +1,320 @@
+"""Both Lambda handlers, in-process against moto's mock_aws, with a fake Anonymizer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from aws_fakes import FakeAnonymizer, make_jpeg, make_png
+from moto import mock_aws
+
+import anonymizer.aws as aws
+from anonymizer.aws import api_flow
+from anonymizer.aws.local import FakeLambdaContext, LocalAwsNames, api_event, load_function
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+# Requests that only fail or read add no metric; Powertools warns about that, harmlessly.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+NAMES = LocalAwsNames(
+    input_bucket="unit-in", output_bucket="unit-out", table="unit-idem", queue="unit-q", dlq="unit-dlq"
+)
+
+
+@pytest.fixture(scope="module")
+def aws_module():
+    """One mock account and one warm "container" of each function for the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "OUTPUT_BUCKET": NAMES.output_bucket,
+            "UPLOAD_BUCKET": NAMES.input_bucket,
+            "IDEMPOTENCY_TABLE": NAMES.table,
+            "POWERTOOLS_SERVICE_NAME": "anonymizer",
+            "POWERTOOLS_METRICS_NAMESPACE": "AnonymizerTest",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "ANONYMIZER_TARGETS": "face",
+        }.items():
+            mp.setenv(key, value)
+        with mock_aws():
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket=NAMES.input_bucket)
+            s3.create_bucket(Bucket=NAMES.output_bucket)
+            boto3.client("dynamodb").create_table(
+                TableName=NAMES.table,
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            yield {"s3": s3, "s3_fn": load_function("s3_anonymize"), "api_fn": load_function("api_anonymize")}
+
+
+@pytest.fixture
+def env(aws_module):
+    """Empty buckets and idempotency table before each test."""
+    s3 = aws_module["s3"]
+    for bucket in (NAMES.input_bucket, NAMES.output_bucket):
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+        for v in s3.list_object_versions(Bucket=bucket).get("Versions", []):
+            s3.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+    ddb = boto3.client("dynamodb")
+    for item in ddb.scan(TableName=NAMES.table).get("Items", []):
+        ddb.delete_item(TableName=NAMES.table, Key={"id": item["id"]})
+    return s3
+
+
+@pytest.fixture
+def fake():
+    fake = FakeAnonymizer()
+    previous = aws.set_anonymizer(fake)
+    yield fake
+    aws.set_anonymizer(previous)
+
+
+@pytest.fixture
+def s3_handler(aws_module, env):
+    return aws_module["s3_fn"].lambda_handler
+
+
+@pytest.fixture
+def api_handler(aws_module, env):
+    return aws_module["api_fn"].lambda_handler
+
+
+def sqs_message(s3, key: str, body: bytes | None = None, message_id: str = "m-1", **put) -> dict:
+    etag = None
+    if body is not None:
+        etag = s3.put_object(Bucket=NAMES.input_bucket, Key=key, Body=body, **put)["ETag"].strip('"')
+    from urllib.parse import quote_plus
+
+    s3_event = {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": NAMES.input_bucket},
+                    "object": {"key": quote_plus(key, safe="/"), "size": len(body or b""), "eTag": etag or "x"},
+                },
+            }
+        ]
+    }
+    return {
+        "messageId": message_id,
+        "receiptHandle": "rh-" + message_id,
+        "body": json.dumps(s3_event),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:unit-q",
+        "awsRegion": "us-east-1",
+    }
+
+
+def output_keys(s3) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=NAMES.output_bucket).get("Contents", []))
+
+
+# -- S3 function --------------------------------------------------------------------------------
+
+
+def test_s3_sample_event_shape(env, fake, s3_handler):
+    """events/sqs_s3_put.json (versioned bucket, URL-encoded unicode key) runs as is."""
+    s3 = env
+    event = json.loads((EVENTS / "sqs_s3_put.json").read_text())
+    inner = json.loads(event["Records"][0]["body"])
+    s3_obj = inner["Records"][0]["s3"]
+    s3_obj["bucket"]["name"] = NAMES.input_bucket
+    s3.put_bucket_versioning(Bucket=NAMES.input_bucket, VersioningConfiguration={"Status": "Enabled"})
+    body = make_jpeg()
+    put = s3.put_object(Bucket=NAMES.input_bucket, Key="street/Place de la Gare été.jpg", Body=body)
+    s3_obj["object"].update(versionId=put["VersionId"], eTag=put["ETag"].strip('"'), size=len(body))
+    event["Records"][0]["body"] = json.dumps(inner)
+
+    assert s3_handler(event, FakeLambdaContext()) == {"batchItemFailures": []}
+    assert output_keys(s3) == ["street/Place de la Gare été.jpg", "street/Place de la Gare été.jpg.report.json"]
+
+
+def test_s3_duplicate_event_runs_the_pipeline_once(env, fake, s3_handler):
+    s3 = env
+    record = sqs_message(s3, "dup.jpg", make_jpeg())
+    again = dict(record, messageId="m-2")
+    assert s3_handler({"Records": [record, again]}, FakeLambdaContext()) == {"batchItemFailures": []}
+    assert s3_handler({"Records": [record]}, FakeLambdaContext()) == {"batchItemFailures": []}
+    assert len(fake.calls) == 1
+    assert output_keys(s3) == ["dup.jpg", "dup.jpg.report.json"]
+
+
+def test_s3_partial_batch_failure(env, fake, s3_handler, capsys):
+    s3 = env
+    good = sqs_message(s3, "good.jpg", make_jpeg(), "m-good")
+    bad = sqs_message(s3, "bad.jpg", b"this is not an image", "m-bad")
+    response = s3_handler({"Records": [good, bad]}, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+    assert output_keys(s3) == ["good.jpg", "good.jpg.report.json"]
+    out = capsys.readouterr().out
+    assert '"Failures"' in out and '"ObjectsProcessed"' in out  # EMF metrics
+    assert "this is not an image" not in out  # object contents are never logged
+    # a failed object is retried (not remembered as done by idempotency)
+    response = s3_handler({"Records": [bad]}, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+    assert len(fake.calls) == 3
+
+
+def test_s3_whole_batch_failure_still_reports_items(env, fake, s3_handler):
+    bad = sqs_message(env, "bad.jpg", b"nope", "m-bad")
+    assert s3_handler({"Records": [bad]}, FakeLambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+
+
+def test_s3_malformed_message_fails_its_record(env, fake, s3_handler):
+    good = sqs_message(env, "good.jpg", make_jpeg(), "m-good")
+    junk = dict(good, messageId="m-junk", body="{not json")
+    response = s3_handler({"Records": [good, junk]}, FakeLambdaContext())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m-junk"}]}
+
+
+# -- API function -------------------------------------------------------------------------------
+
+
+def load_event(name: str) -> dict:
+    return json.loads((EVENTS / name).read_text())
+
+
+def test_api_sample_jpeg_event_returns_binary_image(env, fake, api_handler):
+    response = api_handler(load_event("api_anonymize_jpeg.json"), FakeLambdaContext())
+    assert response["statusCode"] == 200
+    assert response["isBase64Encoded"] is True
+    headers = response["multiValueHeaders"]
+    assert headers["Content-Type"] == ["image/jpeg"]
+    assert headers["X-Anonymizer-Faces"] == ["1"]
+    assert base64.b64decode(response["body"])[:3] == b"\xff\xd8\xff"
+    ((_, options),) = fake.calls
+    assert options.face.effect == "pixelate" and options.targets == ("face", "plate")
+
+
+def test_api_png_in_png_out(env, fake, api_handler):
+    event = api_event("POST", "/anonymize", headers={"Content-Type": "image/png"}, body=make_png())
+    response = api_handler(event, FakeLambdaContext())
+    assert response["multiValueHeaders"]["Content-Type"] == ["image/png"]
+    assert base64.b64decode(response["body"])[:4] == b"\x89PNG"
+
+
+def test_api_sample_json_event_returns_report(env, fake, api_handler):
+    response = api_handler(load_event("api_anonymize_json.json"), FakeLambdaContext())
+    assert response["statusCode"] == 200 and not response["isBase64Encoded"]
+    assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
+    report = json.loads(response["body"])
+    assert report["counts"]["face"] == 1 and report["detections"][0]["label"] == "face"
+    assert fake.calls[0][0] == "detect"
+
+
+def test_api_bad_option_is_400_with_message(env, fake, api_handler):
+    response = api_handler(load_event("api_bad_option.json"), FakeLambdaContext())
+    assert response["statusCode"] == 400
+    body = json.loads(response["body"])
+    assert body["error"] == "invalid_options"
+    assert "sparkle" in body["message"] or "threshold" in body["message"]
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "headers", "status", "code"),
+    [
+        ({}, b"not an image", {"Content-Type": "image/jpeg"}, 400, "invalid_image"),
+        ({}, b"", {"Content-Type": "image/jpeg"}, 400, "invalid_image"),
+        ({"max_pixels": ["1"]}, make_jpeg(), {}, 400, "invalid_options"),
+        ({"format": ["gif"]}, make_jpeg(), {}, 400, "invalid_options"),
+        ({}, b"--x\r\n", {"Content-Type": "multipart/form-data; boundary=x"}, 415, "unsupported_image"),
+    ],
+)
+def test_api_client_errors(env, fake, api_handler, query, body, headers, status, code):
+    event = api_event("POST", "/anonymize", query=query, headers=headers, body=body)
+    response = api_handler(event, FakeLambdaContext())
+    assert response["statusCode"] == status
+    payload = json.loads(response["body"])
+    assert payload["error"] == code and payload["message"]
+
+
+def test_api_body_over_the_payload_limit_is_413(env, fake, api_handler):
+    event = api_event("POST", "/anonymize", headers={"Content-Type": "image/jpeg"}, body=b"\xff" * 4_800_000)
+    response = api_handler(event, FakeLambdaContext())
+    assert response["statusCode"] == 413
+    body = json.loads(response["body"])
+    assert body["error"] == "payload_too_large" and "POST /uploads" in body["message"]
+    assert fake.calls == []
+
+
+def test_api_result_over_the_payload_limit_is_413(env, fake, api_handler, monkeypatch):
+    monkeypatch.setattr(api_flow, "MAX_SYNC_BODY_CHARS", 200)
+    event = api_event("POST", "/anonymize", headers={"Content-Type": "image/jpeg"}, body=make_jpeg())
+    response = api_handler(event, FakeLambdaContext())
+    assert response["statusCode"] == 413 and "POST /uploads" in json.loads(response["body"])["message"]
+
+
+def test_api_image_sent_as_text_is_explained(env, fake, api_handler):
+    event = api_event("POST", "/anonymize", headers={"Content-Type": "image/jpeg"}, body=b"\xff\xd8")
+    event.update(isBase64Encoded=False, body="\ufffd\ufffd")
+    response = api_handler(event, FakeLambdaContext())
+    assert response["statusCode"] == 400 and "binary media types" in json.loads(response["body"])["message"]
+
+
+def test_api_detector_crash_is_500_without_details(env, api_handler):
+    previous = aws.set_anonymizer(FakeAnonymizer(fail_with=RuntimeError("secret internals")))
+    try:
+        event = api_event("POST", "/anonymize", body=make_jpeg())
+        response = api_handler(event, FakeLambdaContext())
+    finally:
+        aws.set_anonymizer(previous)
+    assert response["statusCode"] == 500
+    assert json.loads(response["body"]) == {
+        "error": "internal_error",
+        "message": "internal error; nothing was published",
+    }
+
+
+def test_api_unknown_route_is_json_404(env, fake, api_handler):
+    response = api_handler(api_event("GET", "/nope"), FakeLambdaContext())
+    assert response["statusCode"] == 404 and json.loads(response["body"])["error"] == "not_found"
+
+
+def test_api_openapi(env, fake, api_handler):
+    response = api_handler(api_event("GET", "/openapi.json"), FakeLambdaContext())
+    doc = json.loads(response["body"])
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/anonymize", "/uploads", "/results/{id}", "/openapi.json"}
+    names = {p["name"] for p in doc["paths"]["/anonymize"]["post"]["parameters"]}
+    assert {"format", "effect", "face.effect", "targets"} <= names
+
+
+def test_api_sample_uploads_and_results_events(env, fake, api_handler):
+    response = api_handler(load_event("api_uploads.json"), FakeLambdaContext())
+    assert response["statusCode"] == 201
+    body = json.loads(response["body"])
+    assert body["upload"]["headers"] == {
+        "x-amz-meta-anonymize-face-effect": "pixelate",
+        "x-amz-meta-anonymize-plate-effect": "fill",
+    }
+    assert body["result"]["url"] == f"https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/Prod/results/{body['id']}"
+    assert f"/{NAMES.input_bucket}/uploads/{body['id']}" in body["upload"]["url"] or (
+        f"{NAMES.input_bucket}.s3" in body["upload"]["url"]
+    )
+    response = api_handler(load_event("api_results.json"), FakeLambdaContext())
+    assert response["statusCode"] == 404 and json.loads(response["body"])["error"] == "not_found"
+    response = api_handler(api_event("GET", "/results/..%2F..%2Fsecret"), FakeLambdaContext())
+    assert response["statusCode"] == 404
+
+
+def test_api_uploads_validate_options_early(env, fake, api_handler):
+    event = api_event("POST", "/uploads", query={"effect": ["sparkle"]})
+    response = api_handler(event, FakeLambdaContext())
+    assert response["statusCode"] == 400 and json.loads(response["body"])["error"] == "invalid_options"
+    event = api_event("POST", "/uploads", body=b"[1, 2]", headers={"Content-Type": "application/json"})
+    assert api_handler(event, FakeLambdaContext())["statusCode"] == 400
