@@ -32,3 +32,14 @@ models: setup
 
 layer: setup
 	$(BIN)/python tools/build_layer.py --arch arm64 --arch x86_64 --report --check
+
+# Benchmarks (not part of the tests; results in docs/BENCHMARKS.md). deface gets its own .venv-deface.
+bench: setup
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
+
+deface-venv: setup
+	$(BIN)/python tools/deface_baseline.py setup
+
+compare-deface: deface-venv
+	$(BIN)/python tools/deface_baseline.py accuracy
+	$(BIN)/python tools/deface_baseline.py throughput

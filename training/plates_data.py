@@ -1,0 +1,419 @@
+"""Plate data: splits, training-sample generator (crops + augmentation + copy-paste + synthetic
+plates) and CenterNet targets in the CenterFace output convention."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+SHARED = os.environ.get(
+    "ANON_SHARED", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+)
+DASHCAM = os.path.join(SHARED, "data", "plates", "romania-dashcam")
+WEBCARS = os.path.join(SHARED, "data", "plates", "web-cars")
+FACES = os.path.join(SHARED, "data", "faces", "street-masks-dev")
+SPLITS = os.path.join(os.path.dirname(__file__), "splits.json")
+
+PLATE_CAT = 2
+DASHCAM_HOLDOUT_VIDEO = "nightride_type3_001"  # 82/534 frames (15 %), the only night video
+THRESH_VIDEO = "dayride_type1_003"  # internal validation (threshold choice), from the training part
+WEB_HOLDOUT_FRACTION, WEB_SEED = 0.3, 0
+WEB_THRESH_FRACTION, WEB_THRESH_SEED = 0.15, 1
+
+
+def video_of(file_name: str) -> str:
+    return re.sub(r"_t\d+\.\w+$", "", os.path.basename(file_name))
+
+
+@dataclass
+class Item:
+    path: str
+    image_id: int
+    boxes: np.ndarray  # N x 4, x1 y1 x2 y2
+    source: str
+    extra: dict = field(default_factory=dict)
+
+
+def load_coco(root: str, source: str) -> list[Item]:
+    with open(os.path.join(root, "annotations.json")) as f:
+        coco = json.load(f)
+    boxes: dict[int, list] = {}
+    for a in coco["annotations"]:
+        if a["category_id"] == PLATE_CAT:
+            x, y, w, h = a["bbox"]
+            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    items = []
+    for im in sorted(coco["images"], key=lambda i: i["id"]):
+        b = np.array(boxes.get(im["id"], []), np.float32).reshape(-1, 4)
+        items.append(
+            Item(os.path.join(root, im["file_name"]), im["id"], b, source, {"file_name": im["file_name"]})
+        )
+    return items
+
+
+def make_splits() -> dict:
+    dash = load_coco(DASHCAM, "dashcam")
+    web = load_coco(WEBCARS, "web")
+    ids = np.array(sorted(i.image_id for i in web))
+    perm = np.random.RandomState(WEB_SEED).permutation(len(ids))
+    n_hold = int(round(WEB_HOLDOUT_FRACTION * len(ids)))
+    web_hold = sorted(int(i) for i in ids[perm[:n_hold]])
+    web_rest = sorted(int(i) for i in ids[perm[n_hold:]])
+    perm2 = np.random.RandomState(WEB_THRESH_SEED).permutation(len(web_rest))
+    web_thr = sorted(web_rest[i] for i in perm2[: int(round(WEB_THRESH_FRACTION * len(web_rest)))])
+    videos: dict[str, int] = {}
+    for i in dash:
+        videos[video_of(i.extra["file_name"])] = videos.get(video_of(i.extra["file_name"]), 0) + 1
+    return {
+        "romania-dashcam": {
+            "rule": "hold out one whole video (file-name prefix before _t<time>)",
+            "videos": videos,
+            "holdout_video": DASHCAM_HOLDOUT_VIDEO,
+            "holdout_image_ids": sorted(
+                i.image_id for i in dash if video_of(i.extra["file_name"]) == DASHCAM_HOLDOUT_VIDEO
+            ),
+            "threshold_video": THRESH_VIDEO,
+            "threshold_image_ids": sorted(
+                i.image_id for i in dash if video_of(i.extra["file_name"]) == THRESH_VIDEO
+            ),
+        },
+        "web-cars": {
+            "rule": (
+                f"sorted image ids, numpy RandomState({WEB_SEED}).permutation, "
+                f"first {WEB_HOLDOUT_FRACTION:.0%} held out"
+            ),
+            "holdout_image_ids": web_hold,
+            "threshold_rule": (
+                f"{WEB_THRESH_FRACTION:.0%} of the remaining ids, RandomState({WEB_THRESH_SEED})"
+            ),
+            "threshold_image_ids": web_thr,
+        },
+    }
+
+
+def write_splits(path: str = SPLITS) -> dict:
+    s = make_splits()
+    with open(path, "w") as f:
+        json.dump(s, f, indent=1)
+        f.write("\n")
+    return s
+
+
+def load_parts() -> dict[str, list[Item]]:
+    """{'train': ..., 'thresh_dashcam', 'thresh_web', 'holdout_dashcam', 'holdout_web'}"""
+    s = make_splits()
+    dash = load_coco(DASHCAM, "dashcam")
+    web = load_coco(WEBCARS, "web")
+    dh, dt = set(s["romania-dashcam"]["holdout_image_ids"]), set(s["romania-dashcam"]["threshold_image_ids"])
+    wh, wt = set(s["web-cars"]["holdout_image_ids"]), set(s["web-cars"]["threshold_image_ids"])
+    return {
+        "train": [i for i in dash if i.image_id not in dh | dt]
+        + [i for i in web if i.image_id not in wh | wt],
+        "thresh_dashcam": [i for i in dash if i.image_id in dt],
+        "thresh_web": [i for i in web if i.image_id in wt],
+        "holdout_dashcam": [i for i in dash if i.image_id in dh],
+        "holdout_web": [i for i in web if i.image_id in wh],
+    }
+
+
+def face_backgrounds() -> list[str]:
+    d = os.path.join(FACES, "images")
+    return sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
+
+
+# ---------------------------------------------------------------------------------------------
+# working resolution (inference input policy) -- the same function is used by eval and calibration
+MIN_LONG_SIDE = 640
+
+
+def working_image(bgr: np.ndarray, min_long: int = MIN_LONG_SIDE):
+    """Upscale so the long side is >= min_long, pad bottom/right to multiples of 32.
+    Returns (RGB float32 NCHW tensor, scale factor)."""
+    h, w = bgr.shape[:2]
+    f = max(1.0, min_long / max(h, w))
+    if f != 1.0:
+        bgr = cv2.resize(bgr, (int(round(w * f)), int(round(h * f))), interpolation=cv2.INTER_LINEAR)
+    h2, w2 = bgr.shape[:2]
+    H, W = int(math.ceil(h2 / 32) * 32), int(math.ceil(w2 / 32) * 32)
+    x = np.zeros((1, 3, H, W), np.float32)
+    x[0, :, :h2, :w2] = bgr[:, :, ::-1].transpose(2, 0, 1)
+    return x, f
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic plates
+_LET = "ABCDEFGHJKLMNPRSTUVWXYZ"
+_DIG = "0123456789"
+
+
+def _rand_text(rng, pattern):
+    return "".join(
+        rng.choice(list(_LET)) if c == "A" else rng.choice(list(_DIG)) if c == "9" else c for c in pattern
+    )
+
+
+def synthetic_plate(rng: np.random.RandomState) -> np.ndarray:
+    style = rng.choice(["eu", "eu", "uk_rear", "uk_front", "us", "ro"])
+    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+    if style == "us":
+        W, H = 300, 150
+        bg = (235, 235, 235) if rng.rand() < 0.6 else tuple(int(v) for v in rng.randint(150, 255, 3))
+        col = tuple(int(v) for v in rng.randint(0, 120, 3))
+        text = _rand_text(rng, rng.choice(["9AAA999", "AAA 9999", "999 AAA"]))
+    elif style.startswith("uk"):
+        W, H = 520, 111
+        bg = (40, 200, 250) if style == "uk_rear" else (245, 245, 245)
+        col = (20, 20, 20)
+        text = _rand_text(rng, "AA99 AAA")
+    else:
+        W, H = 520, 110
+        bg = (245, 245, 245) if rng.rand() < 0.85 else (40, 200, 250)
+        col = (20, 20, 20)
+        text = _rand_text(rng, rng.choice(["AA 99 AAA", "A 999 AA", "AA 999 AA", "AAA 9999", "A AA 999"]))
+    img = np.full((H, W, 3), bg, np.uint8)
+    x0 = 0
+    if style in ("eu", "ro", "uk_rear", "uk_front") and rng.rand() < 0.85:
+        band = int(W * 0.08)
+        img[:, :band] = (160, 50, 0)  # BGR blue band
+        cv2.putText(
+            img,
+            rng.choice(["D", "F", "RO", "NL", "I", "GB", "PL"]),
+            (int(band * 0.1), int(H * 0.85)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            band / 45.0,
+            (255, 255, 255),
+            2,
+            cv2.LINE_AA,
+        )
+        x0 = band
+    if style == "us":
+        cv2.putText(
+            img,
+            rng.choice(["CALIFORNIA", "TEXAS", "NEW YORK", "OHIO", "FLORIDA"]),
+            (int(W * 0.2), int(H * 0.2)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.7,
+            col,
+            2,
+            cv2.LINE_AA,
+        )
+    avail = W - x0 - 16
+    scale, thick = 1.0, int(rng.randint(3, 7))
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    scale = min(avail / tw, (H * (0.6 if style == "us" else 0.75)) / th)
+    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+    org = (x0 + (W - x0 - tw) // 2, (H + th) // 2 + (int(H * 0.08) if style == "us" else 0))
+    cv2.putText(img, text, org, font, scale, col, thick, cv2.LINE_AA)
+    cv2.rectangle(
+        img, (0, 0), (W - 1, H - 1), (30, 30, 30) if rng.rand() < 0.7 else bg, int(rng.randint(1, 5))
+    )
+    return img
+
+
+# ---------------------------------------------------------------------------------------------
+class SampleGenerator:
+    """Produces (S x S x 3 BGR uint8 crop, N x 4 boxes) training samples."""
+
+    def __init__(self, items: list[Item], backgrounds: list[str], seed: int = 0):
+        self.items = [i for i in items if len(i.boxes)]
+        self.dash = [i for i in self.items if i.source == "dashcam"]
+        self.web = [i for i in self.items if i.source == "web"]
+        self.backgrounds = backgrounds
+        self.rng = np.random.RandomState(seed)
+        self.cache: dict[str, np.ndarray] = {}
+        self.crops = self._plate_crops()
+
+    def imread(self, path):
+        im = self.cache.get(path)
+        if im is None:
+            im = cv2.imread(path, cv2.IMREAD_COLOR)
+            if len(self.cache) < 800:
+                self.cache[path] = im
+        return im
+
+    def _plate_crops(self):
+        crops = []
+        for it in self.items:
+            im = self.imread(it.path)
+            for x1, y1, x2, y2 in it.boxes:
+                c = im[int(round(y1)) : int(round(y2)), int(round(x1)) : int(round(x2))]
+                if c.shape[0] >= 8 and c.shape[1] >= 16:
+                    crops.append(c.copy())
+        return crops
+
+    # -- geometry -------------------------------------------------------------------------
+    def _warp(self, im, boxes, S, f, center_src, center_dst):
+        rng = self.rng
+        ang = rng.uniform(-6, 6) if rng.rand() < 0.5 else 0.0
+        A = cv2.getRotationMatrix2D((float(center_src[0]), float(center_src[1])), ang, f)
+        A[:, 2] += np.array(center_dst) - np.array(center_src)
+        M = np.vstack([A, [0, 0, 1]])
+        if rng.rand() < 0.4:  # mild perspective
+            src = np.float32([[0, 0], [S, 0], [S, S], [0, S]])
+            dst = src + rng.uniform(-0.06, 0.06, (4, 2)).astype(np.float32) * S
+            M = cv2.getPerspectiveTransform(src, dst).astype(np.float64) @ M
+        border = cv2.BORDER_REFLECT_101 if rng.rand() < 0.5 else cv2.BORDER_CONSTANT
+        out = cv2.warpPerspective(
+            im,
+            M,
+            (S, S),
+            flags=cv2.INTER_LINEAR,
+            borderMode=border,
+            borderValue=tuple(int(v) for v in rng.randint(0, 255, 3)),
+        )
+        nb = []
+        for x1, y1, x2, y2 in boxes:
+            pts = np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]).reshape(-1, 1, 2)
+            p = cv2.perspectiveTransform(pts, M).reshape(-1, 2)
+            # axis-aligned box of the warped quad, shrunk a little towards the mean of min/max
+            lo, hi = p.min(0), p.max(0)
+            lo2, hi2 = np.sort(p, 0)[1], np.sort(p, 0)[2]
+            lo, hi = 0.5 * (lo + lo2), 0.5 * (hi + hi2)
+            area = (hi[0] - lo[0]) * (hi[1] - lo[1])
+            cl, ch = np.clip(lo, 0, S), np.clip(hi, 0, S)
+            vis = max(0, ch[0] - cl[0]) * max(0, ch[1] - cl[1])
+            if area > 0 and vis / area >= 0.45 and (ch - cl).min() >= 2:
+                nb.append([cl[0], cl[1], ch[0], ch[1]])
+        return out, np.array(nb, np.float32).reshape(-1, 4)
+
+    def _target_width(self, S):
+        return math.exp(self.rng.uniform(math.log(10), math.log(0.9 * S)))
+
+    def from_real(self, S):
+        rng = self.rng
+        pool = self.dash if rng.rand() < 0.55 else self.web
+        it = pool[rng.randint(len(pool))]
+        im = self.imread(it.path)
+        b = it.boxes[rng.randint(len(it.boxes))]
+        bw = b[2] - b[0]
+        if rng.rand() < 0.35:  # near the inference scale
+            f = (1.0 if it.source == "dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.7, 1.3)
+            f = min(f, 0.9 * S / bw)
+        else:
+            f = self._target_width(S) / bw
+        f = float(np.clip(f, 0.05, 6.0))
+        c_src = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+        half = min(bw * f / 2, S / 2 - 1)
+        c_dst = (rng.uniform(half * 0.6, S - half * 0.6), rng.uniform(0.1 * S, 0.9 * S))
+        if rng.rand() < 0.25:  # anywhere in the frame at the inference scale: background negatives
+            f = (1.0 if it.source == "dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.6, 1.4)
+            c_src = (rng.uniform(0, im.shape[1]), rng.uniform(0, im.shape[0]))
+            c_dst = (S / 2, S / 2)
+        return self._warp(im, it.boxes, S, f, c_src, c_dst)
+
+    def from_paste(self, S):
+        rng = self.rng
+        if self.backgrounds and rng.rand() < 0.8:
+            bg = self.imread(self.backgrounds[rng.randint(len(self.backgrounds))])
+        else:
+            bg = np.full((S, S, 3), rng.randint(0, 255, 3), np.uint8)
+            bg = cv2.add(bg, rng.randint(0, 60, bg.shape).astype(np.uint8))
+        f = S / min(bg.shape[:2]) * rng.uniform(1.0, 1.6)
+        c = (bg.shape[1] / 2 + rng.uniform(-0.2, 0.2) * bg.shape[1], bg.shape[0] / 2)
+        out, _ = self._warp(bg, np.zeros((0, 4)), S, f, c, (S / 2, S / 2))
+        boxes = []
+        for _ in range(rng.randint(0, 4)):  # 0 plates: pure negative (faces!)
+            p = (
+                synthetic_plate(rng)
+                if rng.rand() < 0.4 or not self.crops
+                else self.crops[rng.randint(len(self.crops))]
+            )
+            w = self._target_width(S) * 0.8
+            h = max(4.0, w * p.shape[0] / p.shape[1] * rng.uniform(0.8, 1.25))
+            if h > 0.9 * S:
+                continue
+            x, y = rng.uniform(0, S - w), rng.uniform(0, S - h)
+            src = np.float32([[0, 0], [p.shape[1], 0], [p.shape[1], p.shape[0]], [0, p.shape[0]]])
+            j = rng.uniform(-0.08, 0.08, (4, 2)) * np.array([w, h])
+            dst = np.float32([[x, y], [x + w, y], [x + w, y + h], [x, y + h]] + j)
+            M = cv2.getPerspectiveTransform(src, dst)
+            warped = cv2.warpPerspective(p, M, (S, S), flags=cv2.INTER_LINEAR)
+            mask = cv2.warpPerspective(np.full(p.shape[:2], 255, np.uint8), M, (S, S))
+            if w > 30:
+                mask = cv2.GaussianBlur(mask, (3, 3), 0)
+            a = mask[..., None].astype(np.float32) / 255
+            out = (out * (1 - a) + warped * a).astype(np.uint8)
+            lo, hi = dst.min(0), dst.max(0)
+            lo, hi = np.clip(lo, 0, S), np.clip(hi, 0, S)
+            if (hi - lo).min() >= 2:
+                boxes.append([lo[0], lo[1], hi[0], hi[1]])
+        return out, np.array(boxes, np.float32).reshape(-1, 4)
+
+    # -- photometric ----------------------------------------------------------------------
+    def photometric(self, im):
+        rng = self.rng
+        im = im.astype(np.float32)
+        if rng.rand() < 0.8:
+            im = im * rng.uniform(0.6, 1.4) + rng.uniform(-40, 40)
+            m = im.mean()
+            im = (im - m) * rng.uniform(0.6, 1.4) + m
+        if rng.rand() < 0.3:
+            im = 255 * (np.clip(im, 0, 255) / 255) ** rng.uniform(0.6, 1.6)
+        if rng.rand() < 0.22:  # night
+            im = 255 * (np.clip(im, 0, 255) / 255) ** rng.uniform(1.8, 3.0) * rng.uniform(0.4, 0.9)
+            im = im + rng.normal(0, rng.uniform(3, 12), im.shape)
+        if rng.rand() < 0.2:
+            im = im * rng.uniform(0.85, 1.15, 3)  # colour cast
+        im = np.clip(im, 0, 255).astype(np.uint8)
+        if rng.rand() < 0.25:
+            if rng.rand() < 0.5:
+                k = int(rng.choice([3, 5]))
+                im = cv2.GaussianBlur(im, (k, k), 0)
+            else:  # motion blur
+                k = int(rng.randint(3, 9))
+                ker = np.zeros((k, k), np.float32)
+                ker[k // 2, :] = 1.0 / k
+                ker = cv2.warpAffine(
+                    ker, cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1), (k, k)
+                )
+                im = cv2.filter2D(im, -1, ker / max(ker.sum(), 1e-6))
+        if rng.rand() < 0.2:
+            im = np.clip(im + rng.normal(0, rng.uniform(2, 10), im.shape), 0, 255).astype(np.uint8)
+        if rng.rand() < 0.3:
+            q = int(rng.randint(25, 90))
+            im = cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_COLOR)
+        if rng.rand() < 0.1:
+            im = cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        return im
+
+    def sample(self, S):
+        im, boxes = self.from_real(S) if self.rng.rand() < 0.75 else self.from_paste(S)
+        if self.rng.rand() < 0.5:
+            im = im[:, ::-1].copy()
+            if len(boxes):
+                boxes = np.stack([S - boxes[:, 2], boxes[:, 1], S - boxes[:, 0], boxes[:, 3]], 1)
+        return self.photometric(im), boxes
+
+
+# ---------------------------------------------------------------------------------------------
+def make_targets(boxes: np.ndarray, S: int, stride: int = 4, max_objs: int = 32):
+    """CenterNet targets: heatmap (1,h,w) with elliptical Gaussians (TTFNet-style sigma = 0.54 *
+    size / 6), and per-object (index, scale (log h/4, log w/4), offset (dy, dx)) with
+    centre = (cell + offset + 0.5) * stride."""
+    h = w = S // stride
+    hm = np.zeros((1, h, w), np.float32)
+    ind = np.zeros(max_objs, np.int64)
+    msk = np.zeros(max_objs, np.float32)
+    scale = np.zeros((max_objs, 2), np.float32)
+    off = np.zeros((max_objs, 2), np.float32)
+    ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    for k, (x1, y1, x2, y2) in enumerate(boxes[:max_objs]):
+        bw, bh = x2 - x1, y2 - y1
+        if bw < 1 or bh < 1:
+            continue
+        cx, cy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
+        ix, iy = min(int(cx), w - 1), min(int(cy), h - 1)
+        sx, sy = max(0.54 * bw / stride / 6, 0.35), max(0.54 * bh / stride / 6, 0.35)
+        g = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        np.maximum(hm[0], g, out=hm[0])
+        hm[0, iy, ix] = 1.0
+        ind[k], msk[k] = iy * w + ix, 1.0
+        scale[k] = (math.log(bh / stride), math.log(bw / stride))
+        off[k] = (cy - iy - 0.5, cx - ix - 0.5)
+    return hm, ind, msk, scale, off

