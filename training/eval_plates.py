@@ -158,23 +158,25 @@ def evaluate_model(model, items, thr, threads=1, min_long=D.MIN_LONG_SIDE):
     return metrics_at(dets, gts, thr)
 
 
-def choose_threshold(model, items, threads=1, min_precision=0.92, min_long=D.MIN_LONG_SIDE):
-    """Lowest threshold whose precision@IoU0.5 >= min_precision on `items` (training side);
-    falls back to the F2-best threshold."""
+def choose_threshold(
+    model, items, threads=1, min_long=D.MIN_LONG_SIDE, recall_target=0.95, precision_target=0.90, verbose=False
+):
+    """Threshold on `items` (training side, never the held-out sets) maximising
+    min(recall@0.5 / recall_target, precision / precision_target); ties go to the lower threshold."""
     dets, gts = run_all(session(model, threads), items, 0.05, min_long)
     grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
     ms = [metrics_at(dets, gts, t) for t in grid]
-    ok = [m for m in ms if m["precision"] >= min_precision]
-    if ok:
-        best = max(ok, key=lambda m: (m["recall50"], -m["threshold"]))
-        rule = f"highest recall with precision >= {min_precision}"
-    else:
-        f2 = lambda m: 5 * m["precision"] * m["recall50"] / max(4 * m["precision"] + m["recall50"], 1e-9)  # noqa: E731
-        best = max(ms, key=f2)
-        rule = "best F2"
+    if verbose:
+        for m in ms:
+            print(f"  thr {m['threshold']:.3f} recall {m['recall50']:.3f} precision {m['precision']:.3f}")
+
+    def score(m):
+        return min(m["recall50"] / recall_target, m["precision"] / precision_target)
+
+    best = max(ms, key=lambda m: (round(score(m), 6), -m["threshold"]))
     info = (
-        f"{rule} on {len(items)} threshold-choice images: recall {best['recall50']:.3f} "
-        f"precision {best['precision']:.3f}"
+        f"max of min(recall/{recall_target}, precision/{precision_target}) on {len(items)} "
+        f"threshold-choice images: recall {best['recall50']:.3f} precision {best['precision']:.3f}"
     )
     return best["threshold"], info
 
@@ -196,9 +198,7 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-long", type=int, default=D.MIN_LONG_SIDE)
-    ap.add_argument(
-        "--choose", action="store_true", help="re-choose the threshold on the threshold-choice images"
-    )
+    ap.add_argument("--choose", action="store_true", help="re-choose the threshold on the threshold-choice images")
     ap.add_argument("--speed", action="store_true", help="ms per 1080p image, 1 and 2 threads")
     ap.add_argument("--sets", default="holdout_dashcam,holdout_web")
     ap.add_argument("--checkpoint", help="evaluate a training checkpoint (.pt, exported to fp32 ONNX first)")
@@ -220,7 +220,11 @@ def main(argv=None):
     thr = args.threshold
     if args.choose:
         thr, info = choose_threshold(
-            args.model, parts["thresh_dashcam"] + parts["thresh_web"], args.threads, min_long=args.min_long
+            args.model,
+            parts["thresh_dashcam"] + parts["thresh_web"],
+            args.threads,
+            min_long=args.min_long,
+            verbose=True,
         )
         print(f"chosen threshold {thr} ({info})")
     if thr is None:

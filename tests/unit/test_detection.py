@@ -4,10 +4,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+
 from anonymizer.detection import (
     MODELS_DIR,
     CenterNetDetector,
     ModelCard,
+    _spans,
     decode,
     get_detector,
     nms,
@@ -78,3 +80,13 @@ def test_a_missing_model_is_a_detection_error(tmp_path):
     (tmp_path / "face.json").write_text(json.dumps(card))
     with pytest.raises(DetectionError, match="missing"):
         CenterNetDetector(ModelCard.load("face", tmp_path), models_dir=tmp_path)
+
+
+@pytest.mark.parametrize("length,side,overlap", [(1920, 960, 48), (4000, 960, 48), (961, 960, 48), (500, 960, 48)])
+def test_tiles_cover_the_image_with_overlap_and_no_slivers(length, side, overlap):
+    spans = _spans(length, side, overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    sizes = {b - a for a, b in spans}
+    assert max(sizes) <= side and max(sizes) - min(sizes) <= 1
+    for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False):
+        assert a1 - b0 >= overlap  # neighbours overlap by at least `overlap`

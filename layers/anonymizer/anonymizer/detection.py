@@ -149,10 +149,10 @@ class CenterNetDetector:
         h, w = image.shape[:2]
         side = int(self.card.tile_side / scale)
         overlap = int(64 / scale)  # small objects (the fine pass's job) fit in the overlap
-        step = side - overlap
-        for y0 in range(0, max(h - overlap, 1), step):
-            for x0 in range(0, max(w - overlap, 1), step):
-                yield x0, y0, image[y0 : y0 + side, x0 : x0 + side]
+        xs, ys = _spans(w, side, overlap), _spans(h, side, overlap)
+        for y0, y1 in ys:
+            for x0, x1 in xs:
+                yield x0, y0, image[y0:y1, x0:x1]
 
     def _run(self, image: np.ndarray, scale: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
@@ -171,6 +171,16 @@ class CenterNetDetector:
         boxes /= np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
         np.clip(boxes, 0, [w, h, w, h], out=boxes)
         return boxes, scores
+
+
+def _spans(length: int, side: int, overlap: int) -> list[tuple[int, int]]:
+    """Equal, overlapping [start, end) spans covering ``length``: no thin slivers at the edge."""
+    if length <= side:
+        return [(0, length)]
+    count = math.ceil((length - overlap) / (side - overlap))
+    size = math.ceil((length + (count - 1) * overlap) / count)
+    starts = [round(i * (length - size) / (count - 1)) for i in range(count)]
+    return [(s, s + size) for s in starts]
 
 
 def decode(

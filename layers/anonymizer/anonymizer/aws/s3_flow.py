@@ -14,7 +14,8 @@ What gets published, in the OUTPUT bucket only (never the input bucket), under t
 The image is anonymized fully in memory before anything is written, so a failure (corrupt
 image, detector error, option error, too large) raises before any PUT: nothing is published
 for a failed object and the SQS record fails (retries, then the DLQ). The image being the last
-write means: whoever sees the image can also find its report. Failures that retrying cannot
+write means: whoever sees the image can also find its report. When the image PUT itself fails,
+the report just written is deleted again (best effort, see :func:`discard_orphan_report`). Failures that retrying cannot
 fix (4xx-like :class:`~anonymizer.errors.AnonymizerError`) are also recorded as tags on the
 *input* object (``anonymizer-status=failed``, ``anonymizer-error=<code>``), best effort, so
 that ``GET /results/{id}`` can say why; no image or report is ever written for them.
@@ -207,19 +208,23 @@ def process_object(
         "report": result.report,
     }
     storage.put_json(config.output_bucket, report_key(out_key), sidecar, tags={"anonymizer-status": "ok"})
-    storage.put(
-        config.output_bucket,
-        out_key,
-        result.data,
-        content_type=result.content_type,
-        metadata={
-            "anonymizer-faces": str(counts["face"]),
-            "anonymizer-plates": str(counts["plate"]),
-            "anonymizer-version": __version__,
-            "anonymizer-source-etag": obj.info.etag,
-        },
-        tags={"anonymizer-status": "ok", "anonymizer-model": model_tag(models)},
-    )
+    try:
+        storage.put(
+            config.output_bucket,
+            out_key,
+            result.data,
+            content_type=result.content_type,
+            metadata={
+                "anonymizer-faces": str(counts["face"]),
+                "anonymizer-plates": str(counts["plate"]),
+                "anonymizer-version": __version__,
+                "anonymizer-source-etag": obj.info.etag,
+            },
+            tags={"anonymizer-status": "ok", "anonymizer-model": model_tag(models)},
+        )
+    except Exception:
+        discard_orphan_report(storage, config.output_bucket, out_key)
+        raise
     return {
         **base,
         "etag": obj.info.etag,
@@ -243,6 +248,17 @@ def model_tag(models: Mapping[str, str]) -> str:
     (S3 tag values allow letters, digits, spaces and ``+-=._:/@``, at most 256 characters)."""
     text = " ".join(f"{name}={version}" for name, version in sorted(models.items())) or "unknown"
     return tag_value(text)
+
+
+def discard_orphan_report(storage: S3Storage, bucket: str, key: str) -> None:
+    """Best effort, after the image PUT failed: delete the report just written for it, so that an
+    object that ends in the DLQ leaves no ``status: ok`` report behind. Only when no image is
+    published under ``key`` (an earlier publication keeps a report); any S3 error (e.g. no
+    s3:GetObject/s3:DeleteObject permission on the output bucket) leaves the report in place.
+    A process killed between the two PUTs cannot clean up: the retry rewrites both."""
+    with contextlib.suppress(Exception):  # never mask the PUT's error
+        if storage.head(bucket, key) is None:
+            storage.delete(bucket, report_key(key))
 
 
 def mark_failed(storage: S3Storage, ref: ObjectRef, error: AnonymizerError) -> None:

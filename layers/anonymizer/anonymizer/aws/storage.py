@@ -2,7 +2,8 @@
 
 * :meth:`S3Storage.read` checks the size with a HEAD request first and refuses objects over
   the limit before a single byte of them is downloaded.
-* :meth:`S3Storage.put` writes bytes with content type, user metadata and tags.
+* :meth:`S3Storage.put` writes bytes with content type, user metadata and tags;
+  :meth:`S3Storage.delete` removes one object.
 * :meth:`S3Storage.presign_put` / :meth:`S3Storage.presign_get` hand out presigned URLs.
 * :func:`object_option_values` turns an object's ``anonymize-*`` metadata and tags into the
   flat option map that :func:`anonymizer.options.parse_options` reads.
@@ -223,6 +224,10 @@ class S3Storage:
         if cache_control:
             kwargs["CacheControl"] = cache_control
         return self.client.put_object(**kwargs)
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Delete one object (no error when it does not exist)."""
+        self.client.delete_object(Bucket=bucket, Key=key)
 
     def put_json(self, bucket: str, key: str, value: Any, **kwargs: Any) -> dict:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
