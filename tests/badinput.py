@@ -12,6 +12,10 @@ to the same table:
 ``case.filename`` is deliberately misleading (a PNG called ``.jpg``, random bytes called ``.png``):
 formats are sniffed from the bytes, never from a name.
 
+The byte builders below (EXIF, crafted PNG/GIF/WebP/TIFF chunks, hand-coded CMYK and 12-bit JPEGs,
+header-only bombs) are shared with ``tests/unit/test_imageio.py``; ``fix_png_crcs`` (a mutation
+helper) with ``tests/unit/test_properties.py`` and ``tools/fuzz.py``.
+
 Usage (``tests/`` is on ``sys.path`` because ``tests/conftest.py`` lives there)::
 
     from badinput import CORPUS, IMAGE_CASES, OPTION_CASES, Case
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -67,7 +72,7 @@ class Case:
 
 
 # ---------------------------------------------------------------------------------------------
-# builders (kept in step with tests/unit/test_imageio.py, which documents each of them)
+# builders (also used directly by tests/unit/test_imageio.py)
 
 
 def asymmetric(h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
@@ -110,7 +115,7 @@ def exif(orientation: int | None = None, gps: bool = False, padding: int = 0) ->
     if padding:
         entries.append((0x927C, 7, padding, b"\x42" * padding))
     if gps:
-        entries.append((34853, 4, 1, 0))
+        entries.append((34853, 4, 1, 0))  # patched below once we know where the GPS IFD lands
     blob = tiff_structure(entries)
     if gps:
         gps_ifd = struct.pack("<H", 1) + struct.pack("<HHI", 1, 2, 2) + b"N\0\0\0" + struct.pack("<I", 0)
@@ -152,8 +157,13 @@ def make_png(width: int, height: int, color_type: int, rows: list[bytes], *extra
     )
 
 
-def make_tiff(img: np.ndarray, orientation: int | None = None, le: bool = True) -> bytes:
-    """Uncompressed RGB TIFF with one strip."""
+def make_tiff(
+    img: np.ndarray,
+    orientation: int | None = None,
+    le: bool = True,
+    extra: Sequence[tuple[int, int, int, int | bytes]] = (),
+) -> bytes:
+    """Uncompressed RGB TIFF with one strip; ``extra`` entries are added to IFD0 as they are."""
     h, w = img.shape[:2]
     data = np.ascontiguousarray(img[:, :, ::-1]).tobytes()
     e = "<" if le else ">"
@@ -169,6 +179,7 @@ def make_tiff(img: np.ndarray, orientation: int | None = None, le: bool = True) 
             (277, 3, 1, 3),
             (278, 4, 1, h),
             (279, 4, 1, len(data)),
+            *extra,
         ]
         if orientation is not None:
             out.append((274, 3, 1, orientation))
@@ -196,7 +207,11 @@ def vp8l_chunk(img: np.ndarray) -> tuple[bytes, bytes]:
 
 
 def gif_frame(w: int, h: int, x: int = 0, y: int = 0, transparent: bool = False) -> bytes:
-    """Graphic control extension + image descriptor + LZW data (min code size 2) of colour 0."""
+    """Graphic control extension + image descriptor + LZW data (min code size 2) of colour 0.
+
+    Clear code before every pixel keeps the code size at 3 bits, so the bit packing stays trivial.
+    With ``transparent``, colour 0 is the transparent one.
+    """
     codes = [4, 0] * (w * h) + [5]
     bits = 0
     for k, code in enumerate(codes):
@@ -207,12 +222,21 @@ def gif_frame(w: int, h: int, x: int = 0, y: int = 0, transparent: bool = False)
     return gce + desc + b"\x02" + bytes([len(lzw)]) + lzw + b"\x00"
 
 
-def make_gif(w: int, h: int, frames: int, *, transparent: bool = False, screen: tuple[int, int] | None = None) -> bytes:
+def make_gif(
+    w: int,
+    h: int,
+    frames: int,
+    *extensions: bytes,
+    transparent: bool = False,
+    screen: tuple[int, int] | None = None,
+) -> bytes:
+    """``frames`` identical frames of colour 0 (looping), ``extensions`` (e.g. comments) before them."""
     sw, sh = screen or (w, h)
     lsd = struct.pack("<HH", sw, sh) + b"\x80\x00\x00"  # global colour table of 2 entries
     palette = b"\xff\x00\x00\x00\x00\xff"
     loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
-    return b"GIF89a" + lsd + palette + loop + gif_frame(w, h, transparent=transparent) * frames + b"\x3b"
+    frame = gif_frame(w, h, transparent=transparent)
+    return b"GIF89a" + lsd + palette + loop + b"".join(extensions) + frame * frames + b"\x3b"
 
 
 _DC_BITS = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]  # standard DC table (ITU T.81 K.3)
@@ -230,7 +254,7 @@ def _entropy_bytes(bits: list[int]) -> bytes:
 def make_cmyk_jpeg(blocks: np.ndarray) -> bytes:
     """Baseline 4-component (Adobe, transform 0) JPEG, each 8x8 block flat: DC terms only.
 
-    OpenCV cannot write CMYK and we avoid Pillow, so the entropy coding is done by hand: the DC
+    OpenCV cannot write CMYK, and we avoid Pillow, so the entropy coding is done by hand: the DC
     table is the standard one, the AC table holds the single symbol EOB coded as '0'.
     """
     bh, bw, _ = blocks.shape
@@ -249,7 +273,7 @@ def make_cmyk_jpeg(blocks: np.ndarray) -> bytes:
     for y in range(bh):
         for x in range(bw):
             for c in range(4):
-                dc = 8 * (int(blocks[y, x, c]) - 128)
+                dc = 8 * (int(blocks[y, x, c]) - 128)  # quantizer 1, level shift 128
                 diff, pred[c] = dc - pred[c], dc
                 cat = abs(diff).bit_length()
                 put(*codes[cat])
@@ -320,7 +344,7 @@ def bomb_jpeg(jpeg: bytes, width: int = 65_000, height: int = 65_000) -> bytes:
 
 
 def bomb_gif_frame() -> bytes:
-    """A 1x1 screen whose single frame claims 60000 x 60000 pixels."""
+    """A 1x1 screen whose single frame claims 60000 x 60000 pixels (it must not pass the bomb guard)."""
     lsd = struct.pack("<HH", 1, 1) + b"\x80\x00\x00"
     frame = gif_frame(1, 1).replace(struct.pack("<HH", 1, 1), struct.pack("<HH", 60_000, 60_000), 1)
     return b"GIF89a" + lsd + b"\xff\x00\x00\x00\x00\xff" + frame + b"\x3b"
@@ -353,6 +377,24 @@ def apng(png: bytes) -> bytes:
     actl = png_chunk(b"acTL", struct.pack(">II", 2, 0))
     fctl = png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 16, 16, 0, 0, 1, 10, 0, 0))
     return png_after_ihdr(png, actl, fctl)
+
+
+# ---------------------------------------------------------------------------------------------
+# mutation helpers (tests/unit/test_properties.py, tools/fuzz.py)
+
+
+def fix_png_crcs(buf: bytearray) -> None:
+    """Recompute every chunk CRC we can walk to, so a mutated chunk is judged on its content."""
+    if not buf.startswith(b"\x89PNG\r\n\x1a\n"):
+        return
+    i = 8
+    while i + 12 <= len(buf):
+        (length,) = struct.unpack_from(">I", buf, i)
+        end = i + 8 + length
+        if end + 4 > len(buf):
+            return
+        struct.pack_into(">I", buf, end, zlib.crc32(bytes(buf[i + 4 : end])))
+        i = end + 4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,11 +28,9 @@ import json
 import os
 import random
 import signal
-import struct
 import sys
 import time
 import traceback
-import zlib
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,10 +39,10 @@ from types import SimpleNamespace
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # decoder warnings on purpose-broken files are noise here
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the corpus generator
+sys.path.insert(0, str(ROOT / "tests"))  # the corpus generator and its mutation helpers
 sys.path.insert(0, str(ROOT / "layers" / "anonymizer"))
 
-from badinput import CORPUS  # noqa: E402
+from badinput import CORPUS, fix_png_crcs  # noqa: E402
 
 from anonymizer import imageio  # noqa: E402
 from anonymizer.detection import Detection  # noqa: E402
@@ -87,19 +85,6 @@ class CentreDetector:
 
 # ---------------------------------------------------------------------------------------------
 # mutations
-
-
-def fix_png_crcs(buf: bytearray) -> None:
-    if not buf.startswith(b"\x89PNG\r\n\x1a\n"):
-        return
-    i = 8
-    while i + 12 <= len(buf):
-        (length,) = struct.unpack_from(">I", buf, i)
-        end = i + 8 + length
-        if end + 4 > len(buf):
-            return
-        struct.pack_into(">I", buf, end, zlib.crc32(bytes(buf[i + 4 : end])))
-        i = end + 4
 
 
 class Mutator:

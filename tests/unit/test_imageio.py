@@ -1,6 +1,7 @@
 """imageio: sniffing, header probing, bomb/animation/truncation refusal, orientation, encode, metadata.
 
-Every input is generated here (cv2/numpy or hand-crafted bytes), never read from disk.
+Every input is generated in code (cv2/numpy, or hand-crafted bytes from the builders this shares
+with the bad-input corpus in tests/badinput.py), never read from disk.
 """
 
 import struct
@@ -10,249 +11,37 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from badinput import (
+    IMG,
+    NOISE,
+    animated_webp,
+    apng,
+    app1_exif,
+    asymmetric,
+    bomb_gif_frame,
+    bomb_png,
+    cv_encode,
+    exif,
+    gif_frame,
+    make_cmyk_jpeg,
+    make_gif,
+    make_gray12_jpeg,
+    make_png,
+    make_tiff,
+    png_after_ihdr,
+    png_chunk,
+    segment,
+    vp8l_chunk,
+    webp_container,
+    with_segment,
+)
+
 from anonymizer import imageio
 from anonymizer.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
 from anonymizer.imageio import decode, encode, metadata_markers, output_format_for, probe
 
 # ---------------------------------------------------------------------------------------------
-# builders
-
-
-def asymmetric(h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
-    """Flat 16x16 blocks of random colours: no symmetry, and JPEG keeps it well."""
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-    return np.ascontiguousarray(np.repeat(np.repeat(blocks, 16, 0), 16, 1)[:h, :w])
-
-
-def cv_encode(img: np.ndarray, ext: str, params: list[int] | None = None) -> bytes:
-    ok, buf = cv2.imencode(ext, img, params or [])
-    assert ok
-    return buf.tobytes()
-
-
-def tiff_structure(
-    entries: list[tuple[int, int, int, int | bytes]], le: bool = True, next_ifd: int = 0
-) -> bytes:
-    """TIFF header + IFD0; entries are (tag, type, count, int value or raw bytes)."""
-    e = "<" if le else ">"
-    entries = sorted(entries)
-    out = (b"II" if le else b"MM") + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", len(entries))
-    extra = b""
-    extra_at = 8 + 2 + 12 * len(entries) + 4
-    for tag, typ, count, value in entries:
-        if isinstance(value, int):
-            field = struct.pack(e + "H", value) + b"\0\0" if typ == 3 else struct.pack(e + "I", value)
-        elif len(value) <= 4:
-            field = value.ljust(4, b"\0")
-        else:
-            field = struct.pack(e + "I", extra_at + len(extra))
-            extra += value + b"\0" * (len(value) & 1)
-        out += struct.pack(e + "HHI", tag, typ, count) + field
-    return out + struct.pack(e + "I", next_ifd) + extra
-
-
-def exif(orientation: int | None = None, gps: bool = False, padding: int = 0) -> bytes:
-    """TIFF-structured EXIF with an Orientation tag, a GPS IFD and/or a big MakerNote-like blob."""
-    entries: list[tuple[int, int, int, int | bytes]] = []
-    if orientation is not None:
-        entries.append((0x0112, 3, 1, orientation))
-    if padding:
-        entries.append((0x927C, 7, padding, b"\x42" * padding))
-    if gps:
-        entries.append((34853, 4, 1, 0))  # patched below once we know where the GPS IFD lands
-    blob = tiff_structure(entries)
-    if gps:
-        gps_ifd = struct.pack("<H", 1) + struct.pack("<HHI", 1, 2, 2) + b"N\0\0\0" + struct.pack("<I", 0)
-        offset = len(blob)
-        blob = tiff_structure([(t, ty, c, offset if t == 34853 else v) for t, ty, c, v in entries]) + gps_ifd
-    return blob
-
-
-def segment(marker: int, payload: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def with_segment(jpeg: bytes, seg: bytes) -> bytes:
-    """Insert a segment right after SOI (where cameras put APP1)."""
-    return jpeg[:2] + seg + jpeg[2:]
-
-
-def app1_exif(blob: bytes) -> bytes:
-    return segment(0xE1, b"Exif\0\0" + blob)
-
-
-def png_chunk(ctype: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data))
-
-
-def png_after_ihdr(png: bytes, *chunks: bytes) -> bytes:
-    return png[:33] + b"".join(chunks) + png[33:]
-
-
-def make_png(
-    width: int, height: int, color_type: int, rows: list[bytes], *extra: bytes, depth: int = 8
-) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
-    raw = b"".join(b"\0" + r for r in rows)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + b"".join(extra)
-        + png_chunk(b"IDAT", zlib.compress(raw))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def make_tiff(img: np.ndarray, orientation: int | None = None, le: bool = True, extra=()) -> bytes:
-    """Uncompressed RGB TIFF with one strip."""
-    h, w = img.shape[:2]
-    data = np.ascontiguousarray(img[:, :, ::-1]).tobytes()
-    e = "<" if le else ">"
-
-    def entries(strip_at: int) -> list:
-        out = [
-            (256, 4, 1, w),
-            (257, 4, 1, h),
-            (258, 3, 3, struct.pack(e + "HHH", 8, 8, 8)),
-            (259, 3, 1, 1),
-            (262, 3, 1, 2),
-            (273, 4, 1, strip_at),
-            (277, 3, 1, 3),
-            (278, 4, 1, h),
-            (279, 4, 1, len(data)),
-            *extra,
-        ]
-        if orientation is not None:
-            out.append((274, 3, 1, orientation))
-        return out
-
-    head = tiff_structure(entries(0), le)
-    return tiff_structure(entries(len(head)), le) + data
-
-
-def webp_container(width: int, height: int, flags: int, *chunks: tuple[bytes, bytes]) -> bytes:
-    """Extended (VP8X) WebP from (fourcc, payload) chunks."""
-    vp8x = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
-    body = b""
-    for fourcc, payload in (b"VP8X", vp8x), *chunks:
-        body += fourcc + struct.pack("<I", len(payload)) + payload + b"\0" * (len(payload) & 1)
-    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
-
-
-def vp8l_chunk(img: np.ndarray) -> tuple[bytes, bytes]:
-    """The VP8L chunk of an OpenCV lossless WebP (fourcc, payload)."""
-    simple = cv_encode(img, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])
-    assert simple[12:16] == b"VP8L"
-    (size,) = struct.unpack_from("<I", simple, 16)
-    return b"VP8L", simple[20 : 20 + size]
-
-
-def gif_frame(w: int, h: int, x: int = 0, y: int = 0) -> bytes:
-    """Graphic control extension + image descriptor + LZW data (min code size 2) of colour 0.
-
-    Clear code before every pixel keeps the code size at 3 bits, so the bit packing stays trivial.
-    """
-    codes = [4, 0] * (w * h) + [5]
-    bits = 0
-    for k, code in enumerate(codes):
-        bits |= code << (3 * k)
-    lzw = bits.to_bytes((3 * len(codes) + 7) // 8, "little")
-    gce = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"
-    desc = b"\x2c" + struct.pack("<HHHH", x, y, w, h) + b"\x00"
-    return gce + desc + b"\x02" + bytes([len(lzw)]) + lzw + b"\x00"
-
-
-def make_gif(w: int, h: int, frames: int, *extensions: bytes) -> bytes:
-    lsd = struct.pack("<HH", w, h) + b"\x80\x00\x00"  # global colour table of 2 entries
-    palette = b"\xff\x00\x00\x00\x00\xff"
-    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
-    return b"GIF89a" + lsd + palette + loop + b"".join(extensions) + gif_frame(w, h) * frames + b"\x3b"
-
-
-DC_BITS = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]  # standard DC table (ITU T.81 K.3)
-
-
-def make_cmyk_jpeg(blocks: np.ndarray) -> bytes:
-    """Baseline 4-component (Adobe, transform 0) JPEG, each 8x8 block flat: DC terms only.
-
-    OpenCV cannot write CMYK, and we avoid Pillow, so the entropy coding is done by hand: the
-    DC table is the standard one, the AC table holds the single symbol EOB coded as '0'.
-    """
-    bh, bw, _ = blocks.shape
-    codes, code, symbol = {}, 0, 0
-    for length, count in enumerate(DC_BITS, 1):
-        for _ in range(count):
-            codes[symbol] = (code, length)
-            code, symbol = code + 1, symbol + 1
-        code <<= 1
-    bits: list[int] = []
-
-    def put(value: int, n: int) -> None:
-        bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
-
-    pred = [0, 0, 0, 0]
-    for y in range(bh):
-        for x in range(bw):
-            for c in range(4):
-                dc = 8 * (int(blocks[y, x, c]) - 128)  # quantizer 1, level shift 128
-                diff, pred[c] = dc - pred[c], dc
-                cat = abs(diff).bit_length()
-                put(*codes[cat])
-                if cat:
-                    put(diff if diff > 0 else diff + (1 << cat) - 1, cat)
-                put(0, 1)  # EOB
-    bits.extend([1] * (-len(bits) % 8))
-    ecs = bytearray()
-    for i in range(0, len(bits), 8):
-        byte = int("".join(map(str, bits[i : i + 8])), 2)
-        ecs += b"\xff\x00" if byte == 0xFF else bytes([byte])
-    components = b"".join(bytes([i + 1, 0x11, 0]) for i in range(4))
-    return (
-        b"\xff\xd8"
-        + segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, 0))
-        + segment(0xDB, b"\x00" + bytes([1] * 64))
-        + segment(0xC0, struct.pack(">BHHB", 8, bh * 8, bw * 8, 4) + components)
-        + segment(0xC4, b"\x00" + bytes(DC_BITS) + bytes(range(12)))
-        + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
-        + segment(0xDA, b"\x04" + b"".join(bytes([i + 1, 0]) for i in range(4)) + b"\x00\x3f\x00")
-        + bytes(ecs)
-        + b"\xff\xd9"
-    )
-
-
-def make_gray12_jpeg(blocks: np.ndarray) -> bytes:
-    """Extended (SOF1) 12-bit greyscale JPEG, flat blocks, DC categories coded on 5 bits each."""
-    bh, bw = blocks.shape
-    bits: list[int] = []
-
-    def put(value: int, n: int) -> None:
-        bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
-
-    pred = 0
-    for value in blocks.ravel():
-        dc = 8 * (int(value) - 2048)
-        diff, pred = dc - pred, dc
-        cat = abs(diff).bit_length()
-        put(cat, 5)
-        if cat:
-            put(diff if diff > 0 else diff + (1 << cat) - 1, cat)
-        put(0, 1)
-    bits.extend([1] * (-len(bits) % 8))
-    ecs = bytearray()
-    for i in range(0, len(bits), 8):
-        byte = int("".join(map(str, bits[i : i + 8])), 2)
-        ecs += b"\xff\x00" if byte == 0xFF else bytes([byte])
-    return (
-        b"\xff\xd8"
-        + segment(0xDB, b"\x00" + bytes([1] * 64))
-        + segment(0xC1, struct.pack(">BHHB", 12, bh * 8, bw * 8, 1) + bytes([1, 0x11, 0]))
-        + segment(0xC4, b"\x00" + bytes([0, 0, 0, 0, 16] + [0] * 11) + bytes(range(16)))
-        + segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
-        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-        + bytes(ecs)
-        + b"\xff\xd9"
-    )
+# helpers (the byte builders and IMG/NOISE come from tests/badinput.py)
 
 
 def upright(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -269,7 +58,6 @@ def upright(img: np.ndarray, orientation: int) -> np.ndarray:
     }[orientation]
 
 
-IMG = asymmetric()
 JPEG = cv_encode(IMG, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
 PNG = cv_encode(IMG, ".png")
 
@@ -353,14 +141,6 @@ def test_recognised_but_unsupported_formats() -> None:
 # bombs, animations, truncation
 
 
-def bomb_png(size: int = 50_000) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 100_000, 9)  # the start of an all-zero image; kilobytes at most
-    return (
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-    )
-
-
 def test_decompression_bomb_refused_from_header() -> None:
     data = bomb_png()
     assert len(data) < 2000
@@ -397,7 +177,7 @@ def test_single_frame_gif_decodes() -> None:
 
 def test_gif_frame_smaller_than_screen_and_transparency() -> None:
     lsd = struct.pack("<HH", 4, 3) + b"\x80\x00\x00"
-    transparent_frame = gif_frame(2, 2, 1, 1).replace(b"\x21\xf9\x04\x00", b"\x21\xf9\x04\x01", 1)
+    transparent_frame = gif_frame(2, 2, 1, 1, transparent=True)
     d = decode(b"GIF89a" + lsd + b"\xff\x00\x00\x00\x00\xff" + transparent_frame + b"\x3b")
     assert_clean_bgr(d, 3, 4)
     assert d.alpha is not None and (d.alpha == 0).all()  # colour 0 is the transparent one
@@ -405,21 +185,14 @@ def test_gif_frame_smaller_than_screen_and_transparency() -> None:
 
 def test_gif_frame_larger_than_screen_counts_for_the_pixel_limit() -> None:
     # a 1x1 screen must not smuggle a 60000x60000 frame past the bomb guard
-    lsd = struct.pack("<HH", 1, 1) + b"\x80\x00\x00"
-    frame = gif_frame(1, 1).replace(struct.pack("<HH", 1, 1), struct.pack("<HH", 60_000, 60_000), 1)
-    data = b"GIF89a" + lsd + b"\xff\x00\x00\x00\x00\xff" + frame + b"\x3b"
+    data = bomb_gif_frame()
     assert probe(data) == imageio.ImageInfo("gif", 1, 1, False)
     with pytest.raises(ImageTooLargeError):
         decode(data)
 
 
 def test_animated_webp_refused() -> None:
-    frame = vp8l_chunk(asymmetric(16, 16))
-    anmf = b"\0" * 6 + (15).to_bytes(3, "little") * 2 + (100).to_bytes(3, "little") + b"\0"
-    chunk = frame[0] + struct.pack("<I", len(frame[1])) + frame[1]
-    data = webp_container(
-        16, 16, 0x02, (b"ANIM", b"\0" * 6), (b"ANMF", anmf + chunk), (b"ANMF", anmf + chunk)
-    )
+    data = animated_webp()
     assert probe(data) == imageio.ImageInfo("webp", 16, 16, True)
     with pytest.raises(UnsupportedImageError, match="animated"):
         decode(data)
@@ -427,18 +200,13 @@ def test_animated_webp_refused() -> None:
 
 def test_apng_refused() -> None:
     png = cv_encode(asymmetric(16, 16), ".png")
-    actl = png_chunk(b"acTL", struct.pack(">II", 2, 0))
-    fctl = png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 16, 16, 0, 0, 1, 10, 0, 0))
-    data = png_after_ihdr(png, actl, fctl)
+    data = apng(png)
     assert probe(data).animated is True
     with pytest.raises(UnsupportedImageError, match="animated"):
         decode(data)
     # acTL after the image data is not an APNG
-    late = png[:-12] + actl + png[-12:]
+    late = png[:-12] + png_chunk(b"acTL", struct.pack(">II", 2, 0)) + png[-12:]
     assert probe(late).animated is False
-
-
-NOISE = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # pixel data dominates
 
 
 @pytest.mark.parametrize(
@@ -543,9 +311,7 @@ def test_huge_exif_block() -> None:
 
 def test_cmyk_jpeg() -> None:
     # Adobe CMYK JPEGs store inverted ink values: 255 = no ink
-    blocks = np.array(
-        [[[255, 255, 255, 255], [0, 255, 255, 255]], [[255, 0, 255, 255], [255, 255, 255, 0]]], np.uint8
-    )
+    blocks = np.array([[[255, 255, 255, 255], [0, 255, 255, 255]], [[255, 0, 255, 255], [255, 255, 255, 0]]], np.uint8)
     data = make_cmyk_jpeg(blocks)
     assert probe(data) == imageio.ImageInfo("jpeg", 16, 16, False)
     d = decode(data)

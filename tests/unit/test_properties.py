@@ -19,11 +19,10 @@ import math
 import os
 import struct
 import time
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
-from badinput import CORPUS
+from badinput import CORPUS, fix_png_crcs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,20 +77,6 @@ INTERESTING = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0
 
 # ---------------------------------------------------------------------------------------------
 # strategies
-
-
-def fix_png_crcs(buf: bytearray) -> None:
-    """Recompute every chunk CRC we can walk to, so a mutated chunk is judged on its content."""
-    if not buf.startswith(b"\x89PNG\r\n\x1a\n"):
-        return
-    i = 8
-    while i + 12 <= len(buf):
-        (length,) = struct.unpack_from(">I", buf, i)
-        end = i + 8 + length
-        if end + 4 > len(buf):
-            return
-        struct.pack_into(">I", buf, end, zlib.crc32(bytes(buf[i + 4 : end])))
-        i = end + 4
 
 
 @st.composite
