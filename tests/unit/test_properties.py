@@ -36,7 +36,7 @@ from anonymizer.errors import (
     InvalidOptionsError,
     UnsupportedImageError,
 )
-from anonymizer.options import Options, TargetOptions, parse_options
+from anonymizer.options import MARGIN_MIN, Options, TargetOptions, parse_options
 from anonymizer.pipeline import Anonymizer
 
 EXAMPLES = int(os.environ.get("ANONYMIZER_PROPERTY_EXAMPLES", "200"))
@@ -269,7 +269,7 @@ def check_options(options: Options) -> None:
         assert t.effect in EFFECT_NAMES and t.shape in SHAPES
         assert t.threshold is None or (math.isfinite(t.threshold) and 0.01 <= t.threshold <= 0.99)
         assert t.min_size is None or (math.isfinite(t.min_size) and 6 <= t.min_size <= 400)
-        assert math.isfinite(t.margin) and 0 <= t.margin <= 1
+        assert math.isfinite(t.margin) and MARGIN_MIN <= t.margin <= 1
         assert math.isfinite(t.strength) and STRENGTH_MIN <= t.strength <= STRENGTH_MAX
         assert isinstance(t.blocks, int) and BLOCKS_MIN <= t.blocks <= BLOCKS_MAX
         assert len(t.color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in t.color)
@@ -309,7 +309,7 @@ def valid_values() -> st.SearchStrategy[dict[str, str]]:
         "shape": st.sampled_from([*SHAPES, "BOX", "Ellipse"]),
         "threshold": st.floats(0.01, 0.99).map(str),
         "min_size": st.one_of(st.floats(6, 400).map(str), st.integers(6, 400).map(str)),
-        "margin": st.floats(0, 1).map(str),
+        "margin": st.floats(MARGIN_MIN, 1).map(str),
         "strength": st.floats(STRENGTH_MIN, STRENGTH_MAX).map(str),
         "blocks": st.integers(BLOCKS_MIN, BLOCKS_MAX).map(str),
         "color": st.one_of(st.integers(0, 0xFFFFFF).map(lambda c: f"#{c:06x}"), st.sampled_from(["black", "Gray"])),

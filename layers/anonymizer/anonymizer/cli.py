@@ -59,7 +59,7 @@ def _add_option_flags(parser: argparse.ArgumentParser, effects: bool = True) -> 
     parser.add_argument("--margin", help="enlarge each box by this fraction of its size (faces 0.15, plates 0.1)")
     parser.add_argument("--shape", help="ellipse | box (default: ellipse for faces, box for plates)")
     parser.add_argument("--strength", help="effect strength multiplier, 1..5")
-    parser.add_argument("--blocks", help="pixelate: mosaic blocks across a region, 2..16")
+    parser.add_argument("--blocks", help="pixelate: mosaic blocks across a region, 2..8")
     parser.add_argument("--color", help="fill colour, #RRGGBB")
     parser.add_argument("--logo", type=Path, help="PNG (with alpha) for --effect logo")
     parser.add_argument("--format", help="output format (default: as the input)")

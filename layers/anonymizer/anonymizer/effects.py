@@ -42,7 +42,7 @@ SHAPES: tuple[str, ...] = ("ellipse", "box")
 STRENGTH_MIN = 1.0  # weaker settings left faces near the recognisability bound (tests)
 STRENGTH_MAX = 5.0
 BLOCKS_MIN = 2
-BLOCKS_MAX = 16  # finer mosaics start to keep identity
+BLOCKS_MAX = 8  # 10+ blocks: identity survives upscaling attacks (tests/unit/test_privacy.py)
 
 # Logo PNGs are decoded from user input: refuse absurd sizes before decoding any pixel.
 LOGO_MAX_SIDE = 4096

@@ -22,6 +22,7 @@ from .imageio import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 TARGETS = ("face", "plate")
 EFFECTS = EFFECT_NAMES
+MARGIN_MIN = 0.1  # tighter regions leave enough of a face to recognise (tests/unit/test_privacy.py)
 
 _PER_TARGET_KEYS = ("effect", "threshold", "min_size", "margin", "shape", "strength", "blocks", "color")
 _GLOBAL_KEYS = ("targets", "format", "quality", "max_pixels")
@@ -225,7 +226,7 @@ _PARSERS = {
     "shape": _parse_choice(SHAPES),
     "threshold": lambda raw, name: _parse_float(raw, name, 0.01, 0.99),
     "min_size": lambda raw, name: _parse_float(raw, name, 6.0, 400.0),
-    "margin": lambda raw, name: _parse_float(raw, name, 0.0, 1.0),
+    "margin": lambda raw, name: _parse_float(raw, name, MARGIN_MIN, 1.0),
     "strength": lambda raw, name: _parse_float(raw, name, STRENGTH_MIN, STRENGTH_MAX),
     "blocks": lambda raw, name: _parse_int(raw, name, BLOCKS_MIN, BLOCKS_MAX),
     "color": _parse_color,
