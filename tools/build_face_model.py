@@ -44,7 +44,7 @@ CARD_POLICY = {
     "min_side": 1024,
     "max_side": 1280,
     "min_object": 15,
-    "min_detectable": 20,
+    "min_detectable": 15,
     "tile_side": 1280,
     "box_adjust": [0.06, 1.03, 0.97],
 }

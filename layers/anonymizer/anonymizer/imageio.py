@@ -40,6 +40,9 @@ OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp", "bmp", "tiff")
 """Formats ``encode`` writes. GIF is read but written as PNG (see ``output_format_for``)."""
 
 DEFAULT_QUALITY = 90
+# Optimized Huffman tables save ~2 % of size but triple the encode time of big photos (bench: 24 MP
+# 528 vs 180 ms); below this size the cost is a few ms.
+_OPTIMIZE_MAX_PIXELS = 4_000_000
 MIN_QUALITY = 50
 MAX_QUALITY = 95
 PNG_COMPRESSION = 6
@@ -780,7 +783,7 @@ def encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, quality: i
             cv2.IMWRITE_JPEG_QUALITY,
             q,
             cv2.IMWRITE_JPEG_OPTIMIZE,
-            1,
+            int(pixels.shape[0] * pixels.shape[1] <= _OPTIMIZE_MAX_PIXELS),
             cv2.IMWRITE_JPEG_PROGRESSIVE,
             0,
         ]
