@@ -45,7 +45,8 @@ CARD_POLICY = {
     "max_side": 1280,
     "min_object": 15,
     "min_detectable": 15,
-    "tile_side": 1280,
+    "tile_side": 1920,
+    "coarse_side": 640,
     "box_adjust": [0.06, 1.03, 0.97],
 }
 

@@ -93,3 +93,14 @@ def test_tiles_cover_the_image_with_overlap_and_no_slivers(length, side, overlap
     assert max(sizes) <= side and max(sizes) - min(sizes) <= 1
     for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False):
         assert a1 - b0 >= overlap  # neighbours overlap by at least `overlap`
+
+
+@pytest.mark.parametrize(("canvas_hw", "side"), [((1080, 1920), 1080), ((3000, 4000), 2800)])
+def test_large_faces_in_large_images_are_found_by_the_coarse_pass(astronaut_bgr, canvas_hw, side):
+    """Faces of 240-620 px: too big for the native-scale tiles, found by the coarse pass."""
+    canvas = np.full((*canvas_hw, 3), 100, np.uint8)
+    canvas[:side, :side] = cv2.resize(astronaut_bgr, (side, side), interpolation=cv2.INTER_AREA)
+    found = get_detector("face").detect(canvas)
+    face_x, face_y = 220 / 512 * side, 120 / 512 * side  # the astronaut's face centre
+    assert any(abs((d.box[0] + d.box[2]) / 2 - face_x) < side * 0.1 and abs((d.box[1] + d.box[3]) / 2 - face_y)
+               < side * 0.1 and d.box[2] - d.box[0] > side * 0.12 for d in found), found  # fmt: skip

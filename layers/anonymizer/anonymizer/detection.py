@@ -51,6 +51,7 @@ class ModelCard:
     min_object: float  # smallest object (px of the original image) that must not be lost ...
     min_detectable: float  # ... and the size (px at the network input) the model still finds
     tile_side: int  # the fine pass over large images runs in tiles of this size (bounded memory)
+    coarse_side: int = 640  # ... beside a coarse pass at this long side, for objects too big for the tiles
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
 
     @classmethod
@@ -114,17 +115,20 @@ class CenterNetDetector:
     ) -> list[Detection]:
         """All objects at or above ``threshold`` (default: the card's operating threshold).
 
-        A global pass at the working scale finds objects of every size; when that scale would
-        shrink objects of ``min_size`` px (default: the card's) below what the model sees, a fine
-        pass scans the image in tiles at a scale where they stay detectable.
+        Images up to ``max_side`` get one pass at the working scale (small ones upscaled). Larger
+        ones get a fine pass at the scale where objects of ``min_size`` px (default: the card's)
+        stay detectable — in tiles, so memory stays bounded — plus a coarse pass with the long
+        side at ``coarse_side`` for objects too large for the fine pass to see whole.
         """
         threshold = self.card.threshold if threshold is None else threshold
         min_size = self.card.min_object if min_size is None else min_size
         h, w = image.shape[:2]
         scale = working_scale(w, h, self.card.min_side, self.card.max_side)
-        boxes, scores = self._run(image, scale, threshold)
         fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
-        if scale < fine:
+        if scale >= fine:  # one pass sees every size
+            boxes, scores = self._run(image, scale, threshold)
+        else:
+            boxes, scores = self._run(image, min(scale, self.card.coarse_side / max(w, h)), threshold)
             for x0, y0, tile in self._tiles(image, fine):
                 tile_boxes, tile_scores = self._run(tile, fine, threshold)
                 tile_boxes += np.array([x0, y0, x0, y0], np.float32)
