@@ -201,6 +201,7 @@ def main(argv=None):
     ap.add_argument("--choose", action="store_true", help="re-choose the threshold on the threshold-choice images")
     ap.add_argument("--speed", action="store_true", help="ms per 1080p image, 1 and 2 threads")
     ap.add_argument("--sets", default="holdout_dashcam,holdout_web")
+    ap.add_argument("--write-meta", action="store_true", help="store threshold/policy/results in plate.json")
     ap.add_argument("--checkpoint", help="evaluate a training checkpoint (.pt, exported to fp32 ONNX first)")
     args = ap.parse_args(argv)
     if args.checkpoint:
@@ -233,6 +234,7 @@ def main(argv=None):
         if os.path.exists(meta):
             with open(meta) as f:
                 thr = json.load(f)["threshold"]
+    results = {}
     for name in args.sets.split(","):
         m = evaluate_model(args.model, parts[name], thr, args.threads, args.min_long)
         print(
@@ -240,6 +242,19 @@ def main(argv=None):
             f"recall@0.3 {m['recall30']:.3f}  precision {m['precision']:.3f}  AP50 {m['ap50']:.3f}  "
             f"(tp {m['tp']} fp {m['fp']}, threshold {thr})"
         )
+        results[name] = m
+    if args.write_meta:  # refresh plate.json after a change of threshold / input policy
+        meta_path = os.path.join(os.path.dirname(args.model), "plate.json")
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta["threshold"] = float(thr)
+        meta["input_policy"]["min_long_side"] = args.min_long
+        meta["heldout"] = results
+        if args.choose:
+            meta["threshold_choice"] = info
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
     if args.speed:
         for t in (1, 2):
             print(f"1080p int8, {t} thread(s): {speed(args.model, t):.0f} ms/image")

