@@ -11,7 +11,7 @@ import base64
 import json
 
 import pytest
-from moto import mock_aws
+from conftest import mock_lambda_env
 
 from anonymizer import imageio
 from anonymizer.aws.local import FakeLambdaContext, api_event, load_function, run_local_s3_flow
@@ -44,22 +44,9 @@ def test_s3_function_publishes_every_real_photo_anonymized(photos, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "OUTPUT_BUCKET": "e2e-out",
-            "UPLOAD_BUCKET": "e2e-in",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_NAMESPACE": "AnonymizerE2E",
-            "ANONYMIZER_TARGETS": TARGETS,
-        }.items():
-            mp.setenv(key, value)
-        with mock_aws():
-            yield load_function("api_anonymize")
+def api():
+    with mock_lambda_env(OUTPUT_BUCKET="e2e-out", UPLOAD_BUCKET="e2e-in", ANONYMIZER_TARGETS=TARGETS):
+        yield load_function("api_anonymize")
 
 
 def test_api_returns_the_anonymized_real_photo(api, photos):

@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 from aws_fakes import FakeAnonymizer, make_jpeg, make_png
-from moto import mock_aws
+from conftest import mock_lambda_env
 
 import anonymizer.aws as aws
 from anonymizer import imageio
@@ -27,32 +27,22 @@ NAMES = LocalAwsNames(
 @pytest.fixture(scope="module")
 def aws_module():
     """One mock account and one warm "container" of each function for the module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "OUTPUT_BUCKET": NAMES.output_bucket,
-            "UPLOAD_BUCKET": NAMES.input_bucket,
-            "IDEMPOTENCY_TABLE": NAMES.table,
-            "POWERTOOLS_SERVICE_NAME": "anonymizer",
-            "POWERTOOLS_METRICS_NAMESPACE": "AnonymizerTest",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "ANONYMIZER_TARGETS": "face",
-        }.items():
-            mp.setenv(key, value)
-        with mock_aws():
-            s3 = boto3.client("s3")
-            s3.create_bucket(Bucket=NAMES.input_bucket)
-            s3.create_bucket(Bucket=NAMES.output_bucket)
-            boto3.client("dynamodb").create_table(
-                TableName=NAMES.table,
-                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-            yield {"s3": s3, "s3_fn": load_function("s3_anonymize"), "api_fn": load_function("api_anonymize")}
+    with mock_lambda_env(
+        OUTPUT_BUCKET=NAMES.output_bucket,
+        UPLOAD_BUCKET=NAMES.input_bucket,
+        IDEMPOTENCY_TABLE=NAMES.table,
+        ANONYMIZER_TARGETS="face",
+    ):
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=NAMES.input_bucket)
+        s3.create_bucket(Bucket=NAMES.output_bucket)
+        boto3.client("dynamodb").create_table(
+            TableName=NAMES.table,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield {"s3": s3, "s3_fn": load_function("s3_anonymize"), "api_fn": load_function("api_anonymize")}
 
 
 @pytest.fixture

@@ -646,28 +646,18 @@ def test_pipeline_logs_no_image_content(engine, astronaut_jpeg, caplog, capfd):
 @pytest.fixture(scope="module")
 def api_fn():
     """functions/api_anonymize/app.py as a cold Lambda container, under moto, at DEBUG."""
-    from moto import mock_aws
+    from conftest import mock_lambda_env
 
     from anonymizer.aws.local import load_function
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "OUTPUT_BUCKET": "privacy-out",
-            "UPLOAD_BUCKET": "privacy-in",
-            "POWERTOOLS_SERVICE_NAME": "anonymizer",
-            "POWERTOOLS_METRICS_NAMESPACE": "AnonymizerTest",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "DEBUG",
-            "POWERTOOLS_LOGGER_LOG_EVENT": "false",  # as template.yaml sets it (test_template_* below)
-            "ANONYMIZER_TARGETS": "face",
-        }.items():
-            mp.setenv(key, value)
-        with mock_aws():
-            yield load_function("api_anonymize")
+    with mock_lambda_env(
+        OUTPUT_BUCKET="privacy-out",
+        UPLOAD_BUCKET="privacy-in",
+        POWERTOOLS_LOG_LEVEL="DEBUG",
+        POWERTOOLS_LOGGER_LOG_EVENT="false",  # as template.yaml sets it (test_template_* below)
+        ANONYMIZER_TARGETS="face",
+    ):
+        yield load_function("api_anonymize")
 
 
 @contextlib.contextmanager
