@@ -284,8 +284,7 @@ def _cmd_local_run(args: argparse.Namespace) -> int:
         values[key] = value
     parse_options(values)  # fail early, before a server starts
     inputs = [p for p, _ in expand_inputs(args.inputs)] if args.inputs else []
-    summary = run_local_s3_flow(inputs, args.output, values or None)
-    print(json.dumps(summary, indent=2, default=str))
+    summary = run_local_s3_flow(inputs, args.output, values or None)  # prints one line per object
     return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL
 
 
