@@ -11,7 +11,7 @@ import base64
 import json
 
 import pytest
-from conftest import mock_lambda_env
+from lambda_env import mock_lambda_env
 
 from anonymizer import imageio
 from anonymizer.aws.local import FakeLambdaContext, api_event, load_function, run_local_s3_flow

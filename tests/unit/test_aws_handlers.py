@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 from aws_fakes import FakeAnonymizer, make_jpeg, make_png
-from conftest import mock_lambda_env
+from lambda_env import mock_lambda_env
 
 import anonymizer.aws as aws
 from anonymizer import imageio

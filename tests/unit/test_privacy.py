@@ -646,7 +646,7 @@ def test_pipeline_logs_no_image_content(engine, astronaut_jpeg, caplog, capfd):
 @pytest.fixture(scope="module")
 def api_fn():
     """functions/api_anonymize/app.py as a cold Lambda container, under moto, at DEBUG."""
-    from conftest import mock_lambda_env
+    from lambda_env import mock_lambda_env
 
     from anonymizer.aws.local import load_function
 
