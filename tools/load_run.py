@@ -349,7 +349,14 @@ def run_load(
     log: Any = print,
 ) -> dict:
     """Run it; returns the figures (see the module docstring). Never runs past ``time_limit``."""
-    from anonymizer.aws.local import FakeLambdaContext, LocalAws, LocalAwsNames, load_function, sqs_event
+    from anonymizer.aws.local import (
+        FakeLambdaContext,
+        LocalAws,
+        LocalAwsNames,
+        load_function,
+        sqs_event,
+        succeeded_entries,
+    )
 
     started_all = time.monotonic()
     deadline = started_all + time_limit
@@ -444,12 +451,7 @@ def run_load(
                                 log(f"worker {n}: invocation failed: {exc!r}")
                             continue
                         elapsed = time.monotonic() - t
-                        failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
-                        entries = [
-                            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                            for i, m in enumerate(messages)
-                            if m["MessageId"] not in failed
-                        ]
+                        entries = succeeded_entries(messages, response)
                         if entries:
                             try:
                                 client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
@@ -460,7 +462,7 @@ def run_load(
                         with stats.lock:
                             stats.invocations += 1
                             stats.records += len(messages)
-                            stats.record_failures += len(failed)
+                            stats.record_failures += len(messages) - len(entries)
                             stats.max_batch_s = max(stats.max_batch_s, elapsed)
                             stats.overruns += elapsed > function_timeout
                     finally:

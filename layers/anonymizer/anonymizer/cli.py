@@ -205,9 +205,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(f"anonymized {done} of {len(items)} image(s) into {args.output}" + (f"; {failed} failed" if failed else ""),
           file=sys.stderr)  # fmt: skip
-    if failed == 0 and done > 0:
-        return EXIT_OK
-    return EXIT_PARTIAL if done else EXIT_FAILED
+    return _exit_code(done, failed)
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -235,9 +233,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 line = {"image": shown, "error": exc.code, "message": str(exc)}
                 failed += 1
             print(json.dumps(line), flush=True)
-    if failed == 0 and ok > 0:
-        return EXIT_OK
-    return EXIT_PARTIAL if ok else EXIT_FAILED
+    return _exit_code(ok, failed)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -296,6 +292,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _exit_code(done: int, failed: int) -> int:
+    if failed == 0 and done > 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if done else EXIT_FAILED
 
 
 def _read(path: Path) -> bytes:

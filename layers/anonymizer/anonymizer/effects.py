@@ -97,19 +97,13 @@ def validate_spec(spec: EffectSpec) -> None:
     ):
         raise InvalidOptionsError(f"strength must be a number in [{STRENGTH_MIN}, {STRENGTH_MAX}]")
     blocks = spec.blocks
-    if (
-        isinstance(blocks, bool)
-        or not isinstance(blocks, int | np.integer)
-        or not (BLOCKS_MIN <= blocks <= BLOCKS_MAX)
-    ):
+    if isinstance(blocks, bool) or not isinstance(blocks, int | np.integer) or not (BLOCKS_MIN <= blocks <= BLOCKS_MAX):
         raise InvalidOptionsError(f"blocks must be an integer in [{BLOCKS_MIN}, {BLOCKS_MAX}]")
     color = spec.color
     if (
         not isinstance(color, tuple | list)
         or len(color) != 3
-        or not all(
-            isinstance(c, int | np.integer) and not isinstance(c, bool) and 0 <= c <= 255 for c in color
-        )
+        or not all(isinstance(c, int | np.integer) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
     ):
         raise InvalidOptionsError("color must be three integers in [0, 255] (R, G, B)")
     if spec.name == "logo":
@@ -161,9 +155,7 @@ def load_logo(png_bytes: bytes) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def clip_box(
-    box: tuple[float, float, float, float], width: int, height: int
-) -> tuple[int, int, int, int] | None:
+def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int] | None:
     """Round ``box`` outwards to whole pixels and clip it to the image; None if nothing is left.
 
     Rounding outwards (floor/ceil) never shrinks the region: losing a pixel row of a face is

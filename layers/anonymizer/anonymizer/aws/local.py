@@ -135,6 +135,17 @@ def sqs_event(messages: Iterable[Mapping[str, Any]], queue_arn: str) -> dict:
     return {"Records": records}
 
 
+def succeeded_entries(messages: list[Mapping[str, Any]], response: Mapping[str, Any] | None) -> list[dict]:
+    """DeleteMessageBatch entries for the messages a partial-batch response did not report failed,
+    as Lambda's SQS poller deletes them."""
+    failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+    return [
+        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+        for i, m in enumerate(messages)
+        if m["MessageId"] not in failed
+    ]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -299,12 +310,7 @@ class LocalAws:
             event = sqs_event(messages, self.resources["queue_arn"])
             with _invoke_lock:
                 response = handler(event, FakeLambdaContext(function_name="anonymizer-s3"))
-            failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, m in enumerate(messages)
-                if m["MessageId"] not in failed
-            ]
+            entries = succeeded_entries(messages, response)
             if entries:
                 sqs.delete_message_batch(QueueUrl=self.resources["queue_url"], Entries=entries)
             done.append({"event": event, "response": response})
