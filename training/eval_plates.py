@@ -1,11 +1,12 @@
 """Evaluate the plate detector (int8 ONNX) on the held-out images.
 
     python -m training.eval_plates [--model layers/anonymizer/anonymizer/models/plate-int8.onnx]
-        [--threshold T (default: plate.json)] [--threads 1] [--min-long 640] [--speed]
+        [--threshold T (default: plate.json)] [--threads 1] [--min-long 416] [--speed]
 
-Decoder: 3x3 max-pool peaks of the heatmap above the threshold, box = exp(scale)*4 centred at
-(cell + offset + 0.5)*4, NMS IoU 0.4. Working resolution: upscale so the long side is >= 640
-(plate.json input_policy), pad to multiples of 32; dashcam 1280x720 runs as is.
+Decoder and scoring: the engine's own (anonymizer.detection.decode + nms at IoU 0.4,
+anonymizer.evaluation.match + average_precision), so these figures equal `anonymize eval`.
+Working resolution: upscale so the long side is >= 416 (plates_data.MIN_LONG_SIDE), pad to
+multiples of 32; dashcam 1280x720 runs as is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import time
 import cv2
 import numpy as np
 
+from anonymizer.detection import decode as decode_peaks
+from anonymizer.detection import nms
+from anonymizer.evaluation import average_precision
+from anonymizer.evaluation import match as hit_flags
 from training import plates_data as D
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -34,42 +39,11 @@ def session(path, threads=1):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def nms(boxes, scores, iou=0.4):
-    order = np.argsort(-scores)
-    keep = []
-    while len(order):
-        i = order[0]
-        keep.append(i)
-        if len(order) == 1:
-            break
-        r = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[r, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[r, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[r, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[r, 3])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        a = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        o = inter / (a[i] + a[r] - inter + 1e-9)
-        order = r[o < iou]
-    return np.array(keep, np.int64)
-
-
-def decode(heatmap, scale, offset, threshold, nms_iou=0.4, stride=4):
-    hm = heatmap[0, 0]
-    p = np.pad(hm, 1, constant_values=-1)
-    h, w = hm.shape
-    mx = np.max(np.stack([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]), 0)
-    ys, xs = np.where((hm >= mx) & (hm > threshold))
-    if len(ys) == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    bh = np.exp(scale[0, 0, ys, xs]) * stride
-    bw = np.exp(scale[0, 1, ys, xs]) * stride
-    cy = (ys + offset[0, 0, ys, xs] + 0.5) * stride
-    cx = (xs + offset[0, 1, ys, xs] + 0.5) * stride
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-    scores = hm[ys, xs].astype(np.float32)
-    k = nms(boxes, scores, nms_iou)
-    return boxes[k], scores[k]
+def decode(heatmap, scale, offset, threshold, nms_iou=0.4):
+    """The engine's decoder (anonymizer.detection) on one image's raw outputs: boxes and scores."""
+    boxes, scores = decode_peaks(heatmap[0, 0], scale[0], offset[0], threshold)
+    keep = nms(boxes, scores, nms_iou)
+    return boxes[keep], scores[keep]
 
 
 def detect(sess, bgr, threshold, min_long=D.MIN_LONG_SIDE):
@@ -83,53 +57,20 @@ def detect(sess, bgr, threshold, min_long=D.MIN_LONG_SIDE):
     return boxes, scores
 
 
-def iou_matrix(a, b):
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    xx1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    yy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    xx2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    yy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-    aa = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    bb = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (aa[:, None] + bb[None, :] - inter + 1e-9)
-
-
 def match(dets, gts, iou_thr):
-    """Greedy matching by score. dets: per image (boxes, scores).
-    Returns (tp flags sorted by score, scores, n_gt)."""
-    recs = []
-    n_gt = 0
-    for (boxes, scores), gt in zip(dets, gts, strict=True):
-        n_gt += len(gt)
-        used = np.zeros(len(gt), bool)
-        ious = iou_matrix(boxes, gt)
-        for i in np.argsort(-scores):
-            tp = False
-            if len(gt):
-                cand = np.where(~used & (ious[i] >= iou_thr))[0]
-                if len(cand):
-                    j = cand[np.argmax(ious[i, cand])]
-                    used[j] = True
-                    tp = True
-            recs.append((scores[i], tp))
-    recs.sort(key=lambda r: -r[0])
-    return np.array([r[1] for r in recs], bool), np.array([r[0] for r in recs]), n_gt
+    """Greedy matching by score over images (anonymizer.evaluation.match per image).
+    Returns (tp flags sorted by score, scores sorted, n_gt)."""
+    hits = [hit_flags(gt, boxes, scores, iou_thr) for (boxes, scores), gt in zip(dets, gts, strict=True)]
+    scores = np.concatenate([s for _, s in dets]) if dets else np.zeros(0)
+    tp = np.concatenate(hits) if hits else np.zeros(0, bool)
+    order = np.argsort(-scores, kind="stable")
+    return tp[order], scores[order], sum(len(gt) for gt in gts)
 
 
 def ap_from(tp, n_gt):
     if n_gt == 0 or len(tp) == 0:
         return 0.0
-    ctp = np.cumsum(tp)
-    rec = ctp / n_gt
-    prec = ctp / np.arange(1, len(tp) + 1)
-    mrec = np.concatenate([[0], rec, [1]])
-    mpre = np.concatenate([[1], prec, [0]])
-    for i in range(len(mpre) - 2, -1, -1):
-        mpre[i] = max(mpre[i], mpre[i + 1])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+    return average_precision(-np.arange(len(tp), dtype=np.float64), tp, n_gt)  # tp is already score-sorted
 
 
 def run_all(sess, items, low=0.05, min_long=D.MIN_LONG_SIDE):
