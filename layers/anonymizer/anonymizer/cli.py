@@ -279,8 +279,8 @@ def _cmd_local_run(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         values[key] = value
     parse_options(values)  # fail early, before a server starts
-    inputs = [p for p, _ in expand_inputs(args.inputs)] if args.inputs else []
-    summary = run_local_s3_flow(inputs, args.output, values or None)  # prints one line per object
+    # prints one line per object
+    summary = run_local_s3_flow([Path(item) for item in args.inputs], args.output, values or None)
     return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL
 
 

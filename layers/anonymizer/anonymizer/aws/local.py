@@ -42,7 +42,6 @@ from .storage import option_metadata
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 API_REQUEST_LIMIT = 10 * 1024 * 1024  # API Gateway REST hard limit on request payloads
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 # Serialises handler invocations: one Lambda container handles one event at a time.
 _invoke_lock = threading.RLock()
@@ -338,18 +337,14 @@ def safe_local_path(root: Path, key: str) -> Path:
 
 
 def _expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, str]]:
-    """(file, key) pairs: files as their name, directories recursively as relative paths."""
+    """(file, key) pairs: files as their name, folders recursively as relative paths (as the CLI)."""
+    from ..cli import expand_inputs
+
     pairs: list[tuple[Path, str]] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    pairs.append((path, path.relative_to(item).as_posix()))
-        elif item.is_file():
-            pairs.append((item, item.name))
-        else:
-            raise FileNotFoundError(item)
+    for path, relative in expand_inputs([str(item) for item in inputs]):
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        pairs.append((path, relative.as_posix()))
     seen: dict[str, int] = {}
     unique = []
     for path, key in pairs:  # two inputs with the same name must not overwrite each other
