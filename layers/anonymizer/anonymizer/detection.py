@@ -81,29 +81,44 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+HEADS = ["heatmap", "scale", "offset"]
+
+
+def load_session(path: Path, sha256: str, name: str, threads: int | None = None):
+    """An onnxruntime session for a model file that must match its card's sha256."""
+    import onnxruntime as ort
+
+    try:
+        model_bytes = path.read_bytes()
+    except OSError as exc:
+        raise DetectionError(f"{name} model missing: {path.name}") from exc
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    if digest != sha256:
+        raise DetectionError(f"{name} model {path.name} does not match its card (sha256 {digest[:12]})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, lock: threading.Lock, names: list[str], blob: np.ndarray, name: str) -> list[np.ndarray]:
+    try:
+        with lock:
+            return session.run(names, {"input": blob})
+    except Exception as exc:  # onnxruntime raises its own types; never let an image through
+        raise DetectionError(f"{name} detector failed to run") from exc
+
+
 class CenterNetDetector:
     """One model: load once, then ``detect`` any BGR image."""
 
     def __init__(self, card: ModelCard, models_dir: Path = MODELS_DIR, threads: int | None = None):
-        import onnxruntime as ort
 
         self.card = card
-        path = models_dir / card.file
-        try:
-            model_bytes = path.read_bytes()
-        except OSError as exc:
-            raise DetectionError(f"{card.label} model missing: {path.name}") from exc
-        digest = hashlib.sha256(model_bytes).hexdigest()
-        if digest != card.sha256:
-            raise DetectionError(f"{card.label} model {path.name} does not match its card (sha256 {digest[:12]})")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.session = load_session(models_dir / card.file, card.sha256, card.label, threads)
         self._lock = threading.Lock()
 
     @property
@@ -113,28 +128,42 @@ class CenterNetDetector:
     def detect(
         self, image: np.ndarray, threshold: float | None = None, min_size: float | None = None
     ) -> list[Detection]:
-        """All objects at or above ``threshold`` (default: the card's operating threshold).
+        """All objects at or above ``threshold`` (default: the card's operating threshold)."""
+        threshold = self.card.threshold if threshold is None else threshold
+        parts = [self.run_pass(image, p, threshold) for p in self.plan(image.shape[1], image.shape[0], min_size)]
+        return self.finish(parts, image.shape[1], image.shape[0])
+
+    def plan(self, width: int, height: int, min_size: float | None = None) -> list[Pass]:
+        """The passes that find every object from ``min_size`` px (default: the card's) upwards.
 
         Images up to ``max_side`` get one pass at the working scale (small ones upscaled). Larger
-        ones get a fine pass at the scale where objects of ``min_size`` px (default: the card's)
-        stay detectable — in tiles, so memory stays bounded — plus a coarse pass with the long
-        side at ``coarse_side`` for objects too large for the fine pass to see whole.
+        ones get a fine pass at the scale where objects of ``min_size`` px stay detectable — in
+        tiles, so memory stays bounded — plus a coarse pass with the long side at ``coarse_side``
+        for objects too large for the fine pass to see whole.
         """
-        threshold = self.card.threshold if threshold is None else threshold
         min_size = self.card.min_object if min_size is None else min_size
-        h, w = image.shape[:2]
-        scale = working_scale(w, h, self.card.min_side, self.card.max_side)
+        scale = working_scale(width, height, self.card.min_side, self.card.max_side)
         fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
         if scale >= fine:  # one pass sees every size
-            boxes, scores = self._run(image, scale, threshold)
-        else:
-            boxes, scores = self._run(image, min(scale, self.card.coarse_side / max(w, h)), threshold)
-            for x0, y0, tile in self._tiles(image, fine):
-                tile_boxes, tile_scores = self._run(tile, fine, threshold)
-                tile_boxes += np.array([x0, y0, x0, y0], np.float32)
-                boxes = np.vstack([boxes, tile_boxes])
-                scores = np.concatenate([scores, tile_scores])
-        boxes = self._adjust(boxes, w, h)
+            return [Pass(scale, 0, 0, width, height)]
+        passes = [Pass(min(scale, self.card.coarse_side / max(width, height)), 0, 0, width, height)]
+        side = int(self.card.tile_side / fine)
+        overlap = int(64 / fine)  # small objects (the fine pass's job) fit in the overlap
+        for y0, y1 in _spans(height, side, overlap):
+            for x0, x1 in _spans(width, side, overlap):
+                passes.append(Pass(fine, x0, y0, x1, y1))
+        return passes
+
+    def run_pass(self, image: np.ndarray, p: Pass, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        blob, sizes = prepare(image, p)
+        heads = run_session(self.session, self._lock, HEADS, blob, self.label)
+        return decode_pass(heads, p, sizes, threshold)
+
+    def finish(self, parts: list[tuple[np.ndarray, np.ndarray]], width: int, height: int) -> list[Detection]:
+        """Boxes of all passes -> the card's box convention -> one NMS."""
+        boxes = np.vstack([b for b, _ in parts]).reshape(-1, 4)
+        scores = np.concatenate([s for _, s in parts]).astype(np.float32)
+        boxes = self._adjust(boxes, width, height)
         keep = nms(boxes, scores, 0.4)
         return [Detection(self.label, float(scores[i]), tuple(float(v) for v in boxes[i])) for i in keep]
 
@@ -148,33 +177,42 @@ class CenterNetDetector:
         out = np.stack([cx - bw * sw / 2, cy - bh * sh / 2, cx + bw * sw / 2, cy + bh * sh / 2], axis=1)
         return np.clip(out, 0, [w, h, w, h]).astype(np.float32)
 
-    def _tiles(self, image: np.ndarray, scale: float):
-        """Overlapping tiles (in original pixels) that cover the image at ``scale``."""
-        h, w = image.shape[:2]
-        side = int(self.card.tile_side / scale)
-        overlap = int(64 / scale)  # small objects (the fine pass's job) fit in the overlap
-        xs, ys = _spans(w, side, overlap), _spans(h, side, overlap)
-        for y0, y1 in ys:
-            for x0, x1 in xs:
-                yield x0, y0, image[y0:y1, x0:x1]
 
-    def _run(self, image: np.ndarray, scale: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        h, w = image.shape[:2]
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=interpolation)
-        pw, ph = math.ceil(nw / 32) * 32, math.ceil(nh / 32) * 32
-        blob = np.zeros((1, 3, ph, pw), np.float32)
-        blob[0, :, :nh, :nw] = resized[:, :, ::-1].transpose(2, 0, 1)  # BGR -> RGB planes, 0..255
-        try:
-            with self._lock:
-                heatmap, log_size, offset = self.session.run(["heatmap", "scale", "offset"], {self.input_name: blob})
-        except Exception as exc:  # onnxruntime raises its own types; never let an image through
-            raise DetectionError(f"{self.label} detector failed to run") from exc
-        boxes, scores = decode(heatmap[0, 0], log_size[0], offset[0], threshold)
-        boxes /= np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
-        np.clip(boxes, 0, [w, h, w, h], out=boxes)
-        return boxes, scores
+@dataclass(frozen=True)
+class Pass:
+    """One network run: the region [x0, x1) x [y0, y1) of the image, resized by ``scale``."""
+
+    scale: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def prepare(image: np.ndarray, p: Pass) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop, resize and pad to multiples of 32 -> float NCHW RGB blob (0..255) and (w, h, nw, nh)."""
+    crop = image[p.y0 : p.y1, p.x0 : p.x1]
+    h, w = crop.shape[:2]
+    nw, nh = max(1, round(w * p.scale)), max(1, round(h * p.scale))
+    interpolation = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
+    resized = crop if (nw, nh) == (w, h) else cv2.resize(crop, (nw, nh), interpolation=interpolation)
+    pw, ph = math.ceil(nw / 32) * 32, math.ceil(nh / 32) * 32
+    blob = np.zeros((1, 3, ph, pw), np.float32)
+    blob[0, :, :nh, :nw] = resized[:, :, ::-1].transpose(2, 0, 1)  # BGR -> RGB planes, 0..255
+    return blob, (w, h, nw, nh)
+
+
+def decode_pass(
+    heads: list[np.ndarray], p: Pass, sizes: tuple[int, int, int, int], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heads of one pass -> boxes in the pixels of the whole image."""
+    heatmap, log_size, offset = heads
+    w, h, nw, nh = sizes
+    boxes, scores = decode(heatmap[0, 0], log_size[0], offset[0], threshold)
+    boxes /= np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+    np.clip(boxes, 0, [w, h, w, h], out=boxes)
+    boxes += np.array([p.x0, p.y0, p.x0, p.y0], np.float32)
+    return boxes, scores
 
 
 def _spans(length: int, side: int, overlap: int) -> list[tuple[int, int]]:
@@ -227,5 +265,69 @@ def get_detector(label: str) -> CenterNetDetector:
     return CenterNetDetector(ModelCard.load(label))
 
 
+class SharedTrunkDetector:
+    """Face and plate networks joined on their common trunk (``tools/build_shared_model.py``).
+
+    A pass that every member's plan contains (same scale, same region) runs once through the
+    joint network; the others run on each member's own network. Faces come out bit for bit
+    as from the face model; plates through the face trunk's int8 ranges (measured in plate.md).
+    """
+
+    def __init__(self, card: dict, members: dict[str, CenterNetDetector], models_dir: Path = MODELS_DIR):
+        for label, member in members.items():
+            if card["members"].get(label, {}).get("sha256") != member.card.sha256:
+                raise DetectionError(f"shared model was not built from this {label} model")
+        self.card = card
+        self.members = members
+        self.version = f"{card['file']}@{card['sha256'][:12]}"
+        self.session = load_session(models_dir / card["file"], card["sha256"], "shared")
+        self._lock = threading.Lock()
+
+    def detect(
+        self, image: np.ndarray, wanted: dict[str, tuple[float | None, float | None]]
+    ) -> dict[str, list[Detection]]:
+        """``wanted``: label -> (threshold, min_size), None for the card's; detections per label."""
+        h, w = image.shape[:2]
+        thresholds = {k: self.members[k].card.threshold if t is None else t for k, (t, _) in wanted.items()}
+        plans = {k: self.members[k].plan(w, h, min_size) for k, (_, min_size) in wanted.items()}
+        shared = set.intersection(*(set(plan) for plan in plans.values()))
+        joint: dict[Pass, dict] = {}
+        for p in shared:
+            blob, sizes = prepare(image, p)
+            names = [f"{k}_{head}" for k in wanted for head in HEADS]
+            outputs = dict(zip(names, run_session(self.session, self._lock, names, blob, "shared"), strict=True))
+            joint[p] = {
+                k: decode_pass([outputs[f"{k}_{head}"] for head in HEADS], p, sizes, thresholds[k]) for k in wanted
+            }
+        found = {}
+        for label, plan in plans.items():
+            member = self.members[label]
+            parts = [joint[p][label] if p in joint else member.run_pass(image, p, thresholds[label]) for p in plan]
+            found[label] = member.finish(parts, w, h)
+        return found
+
+
+def shared_card(labels: frozenset[str], models_dir: Path = MODELS_DIR) -> dict | None:
+    """The card of a joint model for exactly these labels, if one was built."""
+    for path in sorted(models_dir.glob("*.json")):
+        card = json.loads(path.read_text())
+        if set(card.get("members", ())) == labels:
+            return card
+    return None
+
+
+@cache
+def get_shared_detector(labels: frozenset[str]) -> SharedTrunkDetector | None:
+    """The joint detector for these labels, or None (then each model runs on its own)."""
+    card = shared_card(labels) if len(labels) > 1 else None
+    if card is None:
+        return None
+    members = {label: get_detector(label) for label in labels}
+    if any(card["members"][label]["sha256"] != m.card.sha256 for label, m in members.items()):
+        return None  # left over from older member models: each model runs on its own
+    return SharedTrunkDetector(card, members)
+
+
 def available_models() -> list[str]:
-    return sorted(p.stem for p in MODELS_DIR.glob("*.json"))
+    """Labels with a model of their own (joint models are listed by their members)."""
+    return sorted(p.stem for p in MODELS_DIR.glob("*.json") if "label" in json.loads(p.read_text()))

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import __version__, imageio
-from .detection import CenterNetDetector, Detection, get_detector
+from .detection import CenterNetDetector, Detection, SharedTrunkDetector, get_detector, get_shared_detector
 from .effects import EffectSpec, apply_effect, load_logo
 from .errors import DetectionError
 from .options import Options
@@ -30,13 +30,29 @@ class Result:
 
 
 DetectorFactory = Callable[[str], CenterNetDetector]
+SharedFactory = Callable[[frozenset[str]], SharedTrunkDetector | None]
 
 
 class Anonymizer:
     """Create once per process (a Lambda container): detectors load on first use and stay."""
 
-    def __init__(self, detector_factory: DetectorFactory = get_detector):
+    def __init__(self, detector_factory: DetectorFactory = get_detector, shared_factory: SharedFactory | None = None):
+        """A custom ``detector_factory`` (tests, fault drills) runs each model on its own unless
+        a ``shared_factory`` is given too; by default face+plate share one trunk."""
         self._detector_factory = detector_factory
+        if shared_factory is None and detector_factory is get_detector:
+            shared_factory = get_shared_detector
+        self._shared_factory = shared_factory
+
+    def shared_detector(self, targets: tuple[str, ...]) -> SharedTrunkDetector | None:
+        if self._shared_factory is None or len(targets) < 2:
+            return None
+        try:
+            return self._shared_factory(frozenset(targets))
+        except DetectionError:
+            raise
+        except Exception as exc:  # a broken joint model must stop publication like any other
+            raise DetectionError("shared detector could not be loaded") from exc
 
     def detector(self, label: str) -> CenterNetDetector:
         try:
@@ -100,23 +116,36 @@ class Anonymizer:
     def _detect(
         self, pixels: np.ndarray, options: Options, timings: dict, min_score: float | None = None
     ) -> list[Detection]:
-        found: list[Detection] = []
+        wanted = {}
         for target in options.targets:
+            target_options = options.for_target(target)
+            threshold = min_score if min_score is not None else target_options.threshold
+            wanted[target] = (threshold, target_options.min_size)
+        shared = self.shared_detector(tuple(wanted))
+        if shared is not None:  # one network run serves every target where their passes coincide
             t0 = time.perf_counter()
-            wanted = options.for_target(target)
-            threshold = min_score if min_score is not None else wanted.threshold
-            found += self.detector(target).detect(pixels, threshold, wanted.min_size)
-            timings[f"detect_{target}"] = _ms(t0)
-        return found
+            by_label = shared.detect(pixels, wanted)
+            timings["detect_" + "+".join(wanted)] = _ms(t0)
+        else:
+            by_label = {}
+            for target, (threshold, min_size) in wanted.items():
+                t0 = time.perf_counter()
+                by_label[target] = self.detector(target).detect(pixels, threshold, min_size)
+                timings[f"detect_{target}"] = _ms(t0)
+        return [det for target in wanted for det in by_label[target]]
 
     def _report(self, decoded, detections: list[Detection], options: Options, timings: dict) -> dict:
         height, width = decoded.pixels.shape[:2]
+        models = {t: self.detector(t).card.version for t in options.targets}
+        shared = self.shared_detector(tuple(options.targets))
+        if shared is not None:
+            models["shared"] = shared.version
         return {
             "anonymizer": __version__,
             "image": {"width": width, "height": height, "format": decoded.format},
             "counts": {t: sum(d.label == t for d in detections) for t in options.targets},
             "detections": [d.to_dict() for d in detections],
-            "models": {t: self.detector(t).card.version for t in options.targets},
+            "models": models,
             "options": options.to_dict(),
             "timings_ms": timings,
         }
