@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import pytest
 
 from anonymizer import imageio
@@ -103,3 +104,17 @@ def test_the_installed_command_runs(street_images, tmp_path):
     )  # fmt: skip
     assert run.returncode == EXIT_OK, run.stderr
     assert (tmp_path / street_images[0].name).is_file()
+
+
+def test_eval_writes_crops_of_what_it_could_not_match(shared_data, tmp_path, capsys):
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(list(range(1, 11))))
+    folder = shared_data / "faces" / "street-masks-dev"
+    crops = tmp_path / "unmatched"
+    assert main(["eval", str(folder), "--ids", str(ids), "--targets", "face", "--json", "--unmatched", str(crops)]) == 0
+    result = json.loads(capsys.readouterr().out)["results"]["face"]
+    tp = round(result["recall@0.5"] * result["objects"])
+    files = sorted(p.name for p in crops.iterdir())
+    assert sum("-missed" in f for f in files) == result["objects"] - tp
+    assert sum("-fp-" in f for f in files) == result["detections"] - tp
+    assert all(cv2.imread(str(crops / f)) is not None for f in files)

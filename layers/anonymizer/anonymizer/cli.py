@@ -131,6 +131,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ids", type=Path, help="JSON file with a list of image ids to evaluate (a split)")
     parser.add_argument("--ids-key", help="dotted path of the list inside --ids, e.g. web-cars.holdout_image_ids")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--unmatched", type=Path, metavar="DIR", help="write crops of unmatched detections and missed objects here"
+    )
     _add_option_flags(parser, effects=False)
     return parser
 
@@ -236,6 +239,26 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return _exit_code(ok, failed)
 
 
+def _crop_writer(folder: Path):
+    """Crops (with context, score in the name) of false positives and misses, for auditing by eye."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(truth, label: str, false_positives: list, missed) -> None:
+        if not false_positives and not len(missed):
+            return
+        image = _imread(truth.path)
+        boxes = [(f"fp-{d.score:.2f}", d.box) for d in false_positives] + [("missed", b) for b in missed]
+        for k, (kind, (x1, y1, x2, y2)) in enumerate(boxes):
+            ox, oy = max(0, int(x1 - (x2 - x1) / 2)), max(0, int(y1 - (y2 - y1)))
+            crop = image[oy : int(y2 + (y2 - y1)), ox : int(x2 + (x2 - x1) / 2)].copy()
+            cv2.rectangle(crop, (int(x1) - ox, int(y1) - oy), (int(x2) - ox, int(y2) - oy), (0, 255, 255), 1)
+            cv2.imwrite(str(folder / f"{truth.image_id}-{label}-{k}-{kind}.png"), crop)
+
+    return write
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, load_coco
     from .pipeline import Anonymizer
@@ -258,7 +281,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     floor = min(0.05, *thresholds.values())
     started = time.perf_counter()
     results = evaluate(
-        truths, lambda truth: anonymizer.detect_pixels(_imread(truth.path), options, floor), labels, thresholds
+        truths,
+        lambda truth: anonymizer.detect_pixels(_imread(truth.path), options, floor),
+        labels,
+        thresholds,
+        _crop_writer(args.unmatched) if args.unmatched else None,
     )
     seconds = time.perf_counter() - started
     if args.json:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -284,27 +285,40 @@ class SharedTrunkDetector:
         self._lock = threading.Lock()
 
     def detect(
-        self, image: np.ndarray, wanted: dict[str, tuple[float | None, float | None]]
+        self, image: np.ndarray, wanted: dict[str, tuple[float | None, float | None]], timings: dict | None = None
     ) -> dict[str, list[Detection]]:
-        """``wanted``: label -> (threshold, min_size), None for the card's; detections per label."""
+        """``wanted``: label -> (threshold, min_size), None for the card's; detections per label.
+
+        ``timings`` (ms) gets ``detect_<a>+<b>`` for the joint passes and ``detect_<label>`` for
+        the passes one model runs alone.
+        """
+        timings = {} if timings is None else timings
         h, w = image.shape[:2]
         thresholds = {k: self.members[k].card.threshold if t is None else t for k, (t, _) in wanted.items()}
         plans = {k: self.members[k].plan(w, h, min_size) for k, (_, min_size) in wanted.items()}
         shared = set.intersection(*(set(plan) for plan in plans.values()))
+        names = [f"{k}_{head}" for k in wanted for head in HEADS]
         joint: dict[Pass, dict] = {}
+        t0 = time.perf_counter()
         for p in shared:
             blob, sizes = prepare(image, p)
-            names = [f"{k}_{head}" for k in wanted for head in HEADS]
             outputs = dict(zip(names, run_session(self.session, self._lock, names, blob, "shared"), strict=True))
             joint[p] = {
                 k: decode_pass([outputs[f"{k}_{head}"] for head in HEADS], p, sizes, thresholds[k]) for k in wanted
             }
+        timings["detect_" + "+".join(wanted)] = elapsed_ms(t0)
         found = {}
         for label, plan in plans.items():
+            t0 = time.perf_counter()
             member = self.members[label]
             parts = [joint[p][label] if p in joint else member.run_pass(image, p, thresholds[label]) for p in plan]
             found[label] = member.finish(parts, w, h)
+            timings[f"detect_{label}"] = elapsed_ms(t0)
         return found
+
+
+def elapsed_ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
 
 
 def shared_card(labels: frozenset[str], models_dir: Path = MODELS_DIR) -> dict | None:

@@ -61,6 +61,11 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def match(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy matching by score (as COCO does): a flag per detection, True when it hits a truth."""
+    return match_both(truth, boxes, scores, iou)[0]
+
+
+def match_both(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """``match`` plus a flag per truth, True when some detection took it."""
     order = np.argsort(-scores)
     hit = np.zeros(len(boxes), bool)
     used = np.zeros(len(truth), bool)
@@ -73,7 +78,7 @@ def match(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou: float) 
             j = candidates[np.argmax(overlaps[i, candidates])]
             used[j] = True
             hit[i] = True
-    return hit
+    return hit, used
 
 
 def average_precision(scores: np.ndarray, hits: np.ndarray, n_truth: int) -> float:
@@ -97,11 +102,14 @@ def evaluate(
     detect: Callable[[ImageTruth], list[Detection]],
     labels: Iterable[str],
     threshold: dict[str, float],
+    unmatched: Callable[[ImageTruth, str, list[Detection], np.ndarray], None] | None = None,
 ) -> dict[str, dict]:
     """Per label: recall@0.5/0.3 and precision at the operating threshold, AP50 over all scores.
 
     ``detect`` should return detections down to a low score so that AP50 sees the whole curve;
-    the operating figures only count those at or above ``threshold[label]``.
+    the operating figures only count those at or above ``threshold[label]``. ``unmatched`` gets,
+    per image and label, the operating detections that hit no truth and the truths that no
+    operating detection hit (IoU 0.5): for auditing labels and misses by eye.
     """
     labels = list(labels)
     per_label = {lab: {"scores": [], "hit50": [], "hit30": [], "n_truth": 0} for lab in labels}
@@ -117,6 +125,11 @@ def evaluate(
             acc["scores"].append(scores)
             acc["hit50"].append(match(gt, boxes, scores, 0.5))
             acc["hit30"].append(match(gt, boxes, scores, 0.3))
+            if unmatched is not None:
+                op = scores >= threshold[lab]
+                hit, used = match_both(gt, boxes[op], scores[op], 0.5)
+                operating = [d for d, keep in zip(dets, op, strict=True) if keep]
+                unmatched(truth, lab, [d for d, h in zip(operating, hit, strict=True) if not h], gt[~used])
     results = {}
     for lab, acc in per_label.items():
         scores = np.concatenate(acc["scores"]) if acc["scores"] else np.zeros(0)

@@ -15,7 +15,14 @@ from functools import lru_cache
 import numpy as np
 
 from . import __version__, imageio
-from .detection import CenterNetDetector, Detection, SharedTrunkDetector, get_detector, get_shared_detector
+from .detection import (
+    CenterNetDetector,
+    Detection,
+    SharedTrunkDetector,
+    elapsed_ms,
+    get_detector,
+    get_shared_detector,
+)
 from .effects import EffectSpec, apply_effect, load_logo
 from .errors import DetectionError
 from .options import Options
@@ -62,6 +69,12 @@ class Anonymizer:
         except Exception as exc:  # a missing or broken model must stop publication
             raise DetectionError(f"{label} detector could not be loaded") from exc
 
+    def preload(self, targets: tuple[str, ...]) -> None:
+        """Load every network these targets use (e.g. in a Lambda's init phase)."""
+        for target in targets:
+            self.detector(target)
+        self.shared_detector(targets)
+
     def anonymize(self, data: bytes, options: Options) -> Result:
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -79,14 +92,14 @@ class Anonymizer:
             region = expand_box(det.box, target.margin, width, height)
             apply_effect(pixels, region, specs[det.label])
             regions.append(region)
-        timings["effects"] = _ms(t0)
+        timings["effects"] = elapsed_ms(t0)
 
         t0 = time.perf_counter()
         out_format = options.output_format or imageio.output_format_for(decoded.format)
         quality = options.quality or decoded.quality
         out = imageio.encode(pixels, decoded.alpha, out_format, quality=quality)  # refuses output with metadata
-        timings["encode"] = _ms(t0)
-        timings["total"] = _ms(started)
+        timings["encode"] = elapsed_ms(t0)
+        timings["total"] = elapsed_ms(started)
 
         report = self._report(decoded, detections, options, timings)
         report["output"] = {"format": out_format, "bytes": len(out), "quality": quality}
@@ -101,7 +114,7 @@ class Anonymizer:
         started = time.perf_counter()
         decoded = self._decode(data, options, timings)
         detections = self._detect(decoded.pixels, options, timings, min_score)
-        timings["total"] = _ms(started)
+        timings["total"] = elapsed_ms(started)
         return self._report(decoded, detections, options, timings)
 
     def detect_pixels(self, pixels: np.ndarray, options: Options, min_score: float | None = None) -> list[Detection]:
@@ -110,7 +123,7 @@ class Anonymizer:
     def _decode(self, data: bytes, options: Options, timings: dict) -> imageio.DecodedImage:
         t0 = time.perf_counter()
         decoded = imageio.decode(data, max_pixels=options.max_pixels)
-        timings["decode"] = _ms(t0)
+        timings["decode"] = elapsed_ms(t0)
         return decoded
 
     def _detect(
@@ -123,15 +136,13 @@ class Anonymizer:
             wanted[target] = (threshold, target_options.min_size)
         shared = self.shared_detector(tuple(wanted))
         if shared is not None:  # one network run serves every target where their passes coincide
-            t0 = time.perf_counter()
-            by_label = shared.detect(pixels, wanted)
-            timings["detect_" + "+".join(wanted)] = _ms(t0)
+            by_label = shared.detect(pixels, wanted, timings)
         else:
             by_label = {}
             for target, (threshold, min_size) in wanted.items():
                 t0 = time.perf_counter()
                 by_label[target] = self.detector(target).detect(pixels, threshold, min_size)
-                timings[f"detect_{target}"] = _ms(t0)
+                timings[f"detect_{target}"] = elapsed_ms(t0)
         return [det for target in wanted for det in by_label[target]]
 
     def _report(self, decoded, detections: list[Detection], options: Options, timings: dict) -> dict:
@@ -171,10 +182,6 @@ def _effect_spec(options: Options, target: str, logo: np.ndarray | None) -> Effe
 
 
 _logo = lru_cache(maxsize=8)(load_logo)  # a deployment's logo is decoded once, not per image
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 2)
 
 
 def summarize(report: Mapping) -> str:
