@@ -147,8 +147,34 @@ def _rand_text(rng, pattern):
     return "".join(rng.choice(list(_LET)) if c == "A" else rng.choice(list(_DIG)) if c == "9" else c for c in pattern)
 
 
+def two_line_plate(rng: np.random.RandomState) -> np.ndarray:
+    """Square-ish plates with two rows of characters (UK square, India, Japan, motorcycles, ...)."""
+    W, H = [(280, 200), (330, 165), (340, 220), (300, 150), (220, 170)][rng.randint(5)]
+    bg, col = [((245, 245, 245), (20, 20, 20)), ((40, 200, 250), (20, 20, 20)), ((25, 25, 25), (235, 235, 235)),
+               ((60, 130, 40), (240, 240, 240))][rng.choice(4, p=[0.55, 0.25, 0.1, 0.1])]  # fmt: skip
+    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+    img = np.full((H, W, 3), bg, np.uint8)
+    x0 = 0
+    if rng.rand() < 0.35:
+        x0 = int(W * 0.1)
+        img[:, :x0] = (160, 50, 0)  # BGR blue band
+    rows = [_rand_text(rng, rng.choice(["AA-99", "AA 99 A", "AA 99", "99 AA", "AA99"])),
+            _rand_text(rng, rng.choice(["AA 9999", "9999", "AAA 99", "99-99", "AA 999"]))]  # fmt: skip
+    thick = int(rng.randint(3, 7))
+    for k, text in enumerate(rows):
+        (tw, th), _ = cv2.getTextSize(text, font, 1.0, thick)
+        scale = min((W - x0 - 16) / tw, H * 0.36 / th)
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+        y = int(H * (0.44 if k == 0 else 0.9))
+        cv2.putText(img, text, (x0 + (W - x0 - tw) // 2, y), font, scale, col, thick, cv2.LINE_AA)
+    cv2.rectangle(img, (0, 0), (W - 1, H - 1), (30, 30, 30) if rng.rand() < 0.7 else bg, int(rng.randint(1, 5)))
+    return img
+
+
 def synthetic_plate(rng: np.random.RandomState) -> np.ndarray:
-    style = rng.choice(["eu", "eu", "uk_rear", "uk_front", "us", "ro"])
+    style = rng.choice(["eu", "eu", "uk_rear", "uk_front", "us", "ro", "two_line", "two_line"])
+    if style == "two_line":
+        return two_line_plate(rng)
     font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
     if style == "us":
         W, H = 300, 150

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("cv2")
+cv2 = pytest.importorskip("cv2")
 
 
 def test_targets_roundtrip_through_decoder():
@@ -52,6 +52,19 @@ def test_synthetic_plate_renders():
     for _ in range(10):
         p = synthetic_plate(rng)
         assert p.ndim == 3 and p.shape[2] == 3 and p.shape[1] >= p.shape[0]
+
+
+def test_two_line_plates_are_square_ish_with_ink_in_both_rows():
+    from training.plates_data import two_line_plate
+
+    rng = np.random.RandomState(1)
+    for _ in range(10):
+        p = two_line_plate(rng)
+        assert 1.0 <= p.shape[1] / p.shape[0] <= 2.2
+        grey = cv2.cvtColor(p, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        h = p.shape[0]
+        rows = [grey[int(h * 0.1) : int(h * 0.45)], grey[int(h * 0.55) : int(h * 0.9)]]
+        assert all(r.std() > 20 for r in rows)  # characters in both rows, not a blank half
 
 
 @pytest.mark.skipif(

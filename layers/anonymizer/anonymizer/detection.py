@@ -198,8 +198,10 @@ def prepare(image: np.ndarray, p: Pass) -> tuple[np.ndarray, tuple[int, int, int
     interpolation = cv2.INTER_AREA if p.scale < 1 else cv2.INTER_LINEAR
     resized = crop if (nw, nh) == (w, h) else cv2.resize(crop, (nw, nh), interpolation=interpolation)
     pw, ph = math.ceil(nw / 32) * 32, math.ceil(nh / 32) * 32
-    blob = np.zeros((1, 3, ph, pw), np.float32)
-    blob[0, :, :nh, :nw] = resized[:, :, ::-1].transpose(2, 0, 1)  # BGR -> RGB planes, 0..255
+    blob = np.empty((1, 3, ph, pw), np.float32)
+    blob[0, :, nh:], blob[0, :, :nh, nw:] = 0, 0
+    for k in range(3):  # BGR -> RGB planes, 0..255; plane by plane is twice as fast as one transpose
+        blob[0, k, :nh, :nw] = resized[:, :, 2 - k]
     return blob, (w, h, nw, nh)
 
 
