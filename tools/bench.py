@@ -143,13 +143,13 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 1)
 
 
-def worker(files: list[Path], targets: str) -> dict:
+def worker(files: list[Path], targets: str, settings: list[str]) -> dict:
     t0 = time.perf_counter()
     from anonymizer.options import parse_options
     from anonymizer.pipeline import Anonymizer
 
     anonymizer = Anonymizer()
-    options = parse_options({"targets": targets})
+    options = parse_options({"targets": targets, **dict(kv.split("=", 1) for kv in settings)})
     anonymizer.preload(tuple(options.targets))
     load_s = time.perf_counter() - t0
     blobs = [f.read_bytes() for f in files]
@@ -187,9 +187,10 @@ def worker(files: list[Path], targets: str) -> dict:
     }
 
 
-def run_size(size: str, files: list[Path], targets: str) -> dict:
+def run_size(size: str, files: list[Path], targets: str, settings: list[str]) -> dict:
     before = load()
     cmd = [sys.executable, __file__, "--worker", "--targets", targets, *map(str, files)]
+    cmd += [f"--set={kv}" for kv in settings]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"worker for {size} failed: {proc.stderr[-2000:]}")
@@ -275,13 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few images per size")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated of {','.join(SIZES)}")
     parser.add_argument("--targets", help="default: face,plate when the plate model exists, else face")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a request option, e.g. face.min_size=30"
+    )
     parser.add_argument("--no-deface", action="store_true", help="skip the deface comparison")
     parser.add_argument("--out", type=Path, help="JSON file (default build/bench-<timestamp>.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker([Path(f) for f in args.files], args.targets)))
+        print(json.dumps(worker([Path(f) for f in args.files], args.targets, args.set)))
         return 0
 
     sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
@@ -307,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "plate": plate_note,
         "quick": args.quick,
+        "settings": args.set,
     }
-    print(f"bench {record['date']}  cpus {record['cpus']}  load {record['load_before']}  targets {targets}")
+    print(f"bench {record['date']}  cpus {record['cpus']}  load {record['load_before']}  targets {targets}  {args.set}")
     if not plate_ok:
         print(plate_note)
 
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     files_by_size = {}
     for size in sizes:
         files_by_size[size] = images_for(size, counts[size])
-        results.append(run_size(size, files_by_size[size], targets))
+        results.append(run_size(size, files_by_size[size], targets, args.set))
         print(f"  {size}: {results[-1]['images']} images, {results[-1]['images_per_s']:.2f} img/s", flush=True)
     record["sizes"] = results
     print()
