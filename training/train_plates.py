@@ -23,12 +23,13 @@ from training import plates_data as D
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # What anonymizer.detection reads from plate.json besides file/sha256/threshold (see ModelCard):
 # images up to 1920 px (a 1080p frame) run at native size, so ~20 px plates are seen; smaller ones
-# are upscaled to 416 px (the size chosen on the threshold images); bigger photos run at the scale
-# where 40 px plates (about the narrowest with legible characters) stay at 20 px.
+# are upscaled to 416 px (the size chosen on the threshold images); bigger photos get native-scale
+# tiles too (20 px plates everywhere), the same passes as the face model's, so the joint
+# face+plate network (tools/build_shared_model.py) serves both in one run per tile.
 RUNTIME_POLICY = {
     "min_side": 416,
     "max_side": 1920,
-    "min_object": 40,
+    "min_object": 20,
     "min_detectable": 20,
     "tile_side": 1920,
     "coarse_side": 640,
