@@ -199,6 +199,31 @@ def run_size(size: str, files: list[Path], targets: str, settings: list[str]) ->
     return result
 
 
+# --- network time per model -------------------------------------------------------------------
+
+
+def network_times(repeats: int = 7) -> dict:
+    """Median ms of one 1920x1088 pass (a 1080p frame) per shipped model: the cost of each network."""
+    import numpy as np
+
+    from anonymizer.detection import MODELS_DIR, load_session
+
+    rng = np.random.default_rng(0)
+    blob = rng.uniform(0, 255, (1, 3, 1088, 1920)).astype(np.float32)
+    times = {}
+    for card_path in sorted(MODELS_DIR.glob("*.json")):
+        card = json.loads(card_path.read_text())
+        session = load_session(MODELS_DIR / card["file"], card["sha256"], card_path.stem)
+        session.run(None, {"input": blob})
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            session.run(None, {"input": blob})
+            runs.append((time.perf_counter() - t) * 1000)
+        times[card["file"]] = round(statistics.median(runs), 1)
+    return times
+
+
 # --- cold start --------------------------------------------------------------------------------
 
 _COLD = """
@@ -279,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a request option, e.g. face.min_size=30"
     )
+    parser.add_argument("--networks", action="store_true", help="only: ms per 1080p pass of each model")
     parser.add_argument("--no-deface", action="store_true", help="skip the deface comparison")
     parser.add_argument("--out", type=Path, help="JSON file (default build/bench-<timestamp>.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -288,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker([Path(f) for f in args.files], args.targets, args.set)))
         return 0
 
+    if args.networks:
+        from anonymizer.detection import default_threads
+
+        print(f"one 1920x1088 pass, {default_threads()} threads, load {load()}")
+        for name, ms in network_times().items():
+            print(f"  {name:<24} {ms:>7.1f} ms")
+        return 0
     sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:

@@ -236,7 +236,7 @@ def check_cut_models(models: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--face-fp32", type=Path, default=ROOT / "build" / "face-model" / "face-fp32.onnx")
-    ap.add_argument("--plate-fp32", type=Path, default=ROOT / "build" / "plates2" / "plate-fp32.onnx")
+    ap.add_argument("--plate-fp32", type=Path, default=ROOT / "build" / "plates5" / "plate-fp32.onnx")
     ap.add_argument("--models", type=Path, default=MODELS)
     args = ap.parse_args()
 

@@ -46,6 +46,12 @@ def test_1080p_face_and_plate_plans_share_the_native_pass():
     assert len(face) == 2  # + the coarse pass for faces too big for the native one
 
 
+@pytest.mark.parametrize("size", [(2560, 1440), (4000, 3000), (6000, 4000)])
+def test_large_photos_run_every_pass_through_the_joint_network(size):
+    """Both policies look for 15-20 px objects at native scale in the same tiles, plus one coarse pass."""
+    assert set(get_detector("face").plan(*size)) == set(get_detector("plate").plan(*size))
+
+
 @pytest.mark.parametrize("size", [(1920, 1080), (1280, 720), (400, 300), (4000, 3000)])
 def test_shared_trunk_gives_exactly_the_separate_models_answers(street_frame, size):
     image = cv2.resize(street_frame, size, interpolation=cv2.INTER_AREA)
