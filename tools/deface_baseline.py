@@ -332,11 +332,14 @@ def run_deface_cli(images: list[Path], workdir: Path, extra: list[str] = ()) -> 
     return result
 
 
-def run_ours_cli(images: list[Path], outdir: Path, targets: str) -> dict:
-    """Whole ``anonymize FILE... -o OUTDIR --targets ...`` process (the files of one folder)."""
+def run_ours_cli(images: list[Path], outdir: Path, targets: str, settings: tuple[str, ...] = ()) -> dict:
+    """Whole ``anonymize FILE... -o OUTDIR --targets ... [--set K=V]`` process (the files of one folder)."""
     if outdir.exists():
         shutil.rmtree(outdir)
-    result = time_process([str(_our_bin("anonymize")), *map(str, images), "-o", str(outdir), "--targets", targets])
+    extra = [f"--set={kv}" for kv in settings]
+    result = time_process(
+        [str(_our_bin("anonymize")), *map(str, images), "-o", str(outdir), "--targets", targets, *extra]
+    )
     result["output_bytes"] = sum(p.stat().st_size for p in outdir.rglob("*") if p.is_file())
     return result
 
@@ -351,7 +354,7 @@ def plate_model_available() -> tuple[bool, str]:
         return False, f"plate model not available ({exc})"
 
 
-def throughput_runs(images: list[Path], repeats: int = 2, opencv: bool = True) -> dict:
+def throughput_runs(images: list[Path], repeats: int = 2, opencv: bool = True, settings: tuple[str, ...] = ()) -> dict:
     """Whole processes, best of ``repeats``: deface (onnxrt; and opencv), ours faces, ours faces+plates."""
     scratch = BUILD / "bench-out"
     plate_ok, plate_note = plate_model_available()
@@ -366,6 +369,10 @@ def throughput_runs(images: list[Path], repeats: int = 2, opencv: bool = True) -
     if plate_ok:
         contenders["ours --targets face,plate"] = lambda i: run_ours_cli(
             images, scratch / f"ours-both-{i}", "face,plate"
+        )
+    if plate_ok and settings:
+        contenders["ours --targets face,plate " + " ".join(f"--set {kv}" for kv in settings)] = lambda i: run_ours_cli(
+            images, scratch / f"ours-set-{i}", "face,plate", settings
         )
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for i in range(repeats):  # interleaved, so a load spike hits every contender alike
@@ -416,7 +423,9 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         "folder": str(BENCH_1080P),
         "provenance": provenance(),
     }
-    record["throughput"] = throughput_runs(images, repeats=args.repeats, opencv=not args.no_opencv)
+    record["throughput"] = throughput_runs(
+        images, repeats=args.repeats, opencv=not args.no_opencv, settings=tuple(args.set)
+    )
     record["load_after"] = load()
     print(
         f"{len(images)} x 1920x1080 JPEG q90 in {BENCH_1080P} — {record['date']}, "
@@ -452,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     thr.add_argument("-n", type=int, default=24, help="number of 1080p images (default 24)")
     thr.add_argument("--repeats", type=int, default=2, help="runs per contender; the best counts (default 2)")
     thr.add_argument("--no-opencv", action="store_true", help="skip deface --backend opencv")
+    thr.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more contender: ours with these options"
+    )
     thr.add_argument("--out", type=Path, help="JSON record (default build/deface-throughput-<time>.json)")
     args = parser.parse_args(argv)
     return {"setup": cmd_setup, "accuracy": cmd_accuracy, "throughput": cmd_throughput}[args.command](args)

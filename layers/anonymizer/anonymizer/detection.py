@@ -137,7 +137,8 @@ class CenterNetDetector:
     def plan(self, width: int, height: int, min_size: float | None = None) -> list[Pass]:
         """The passes that find every object from ``min_size`` px (default: the card's) upwards.
 
-        Images up to ``max_side`` get one pass at the working scale (small ones upscaled). Larger
+        Images up to ``max_side`` get one pass at the working scale (small ones upscaled; a larger
+        ``min_size`` than the card's lets that pass run at a reduced scale instead). Larger
         ones get a fine pass at the scale where objects of ``min_size`` px stay detectable — in
         tiles, so memory stays bounded — plus a coarse pass with the long side at ``coarse_side``
         for objects too large for the fine pass to see whole.
@@ -145,8 +146,8 @@ class CenterNetDetector:
         min_size = self.card.min_object if min_size is None else min_size
         scale = working_scale(width, height, self.card.min_side, self.card.max_side)
         fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
-        if scale >= fine:  # one pass sees every size
-            return [Pass(scale, 0, 0, width, height)]
+        if scale >= fine:  # one pass sees every size; without upscaling, no finer than min_size needs
+            return [Pass(scale if scale > 1 else fine, 0, 0, width, height)]
         passes = [Pass(min(scale, self.card.coarse_side / max(width, height)), 0, 0, width, height)]
         side = int(self.card.tile_side / fine)
         overlap = int(64 / fine)  # small objects (the fine pass's job) fit in the overlap
