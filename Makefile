@@ -34,7 +34,7 @@ models: setup
 	$(BIN)/python tools/build_shared_model.py
 
 layer: setup
-	$(BIN)/python tools/build_layer.py --arch arm64 --arch x86_64 --report --check
+	$(BIN)/python tools/build_layer.py --arch all --report --check
 
 # Benchmarks (not part of the tests; results in docs/BENCHMARKS.md). deface gets its own .venv-deface.
 bench: setup
