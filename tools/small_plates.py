@@ -4,7 +4,7 @@
     python tools/small_plates.py [--widths 16,20,24,32,40] [--json build/small-plates.json]
 
 Every labelled plate of the held-out splits (``training/splits.json``: the held-out dashcam
-video and the held-out 30 % of web-cars, never trained or tuned on) is made ``w`` px wide by
+video, and the held-out web-cars photos that are not copies of training photos) is made ``w`` px wide by
 shrinking its whole photo (INTER_AREA, as a distant camera would see it), and the shrunk photo
 is placed in a 1920x1080 grey frame (cropped around the plate when it does not fit). The
 pipeline then runs exactly as in production (faces and plates, default policy); the plate
@@ -32,8 +32,9 @@ def held_out_plates():
     from anonymizer.evaluation import load_coco
 
     splits = json.loads((ROOT / "training" / "splits.json").read_text())
-    for folder in ("romania-dashcam", "web-cars"):
-        for truth in load_coco(DATA / folder, splits[folder]["holdout_image_ids"]):
+    held = {"romania-dashcam": "holdout_image_ids", "web-cars": "holdout_unique_image_ids"}
+    for folder, key in held.items():
+        for truth in load_coco(DATA / folder, splits[folder][key]):
             for box in truth.boxes.get("plate", []):
                 yield truth.path, box
 

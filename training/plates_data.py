@@ -85,8 +85,29 @@ def make_splits() -> dict:
             "holdout_image_ids": web_hold,
             "threshold_rule": (f"{WEB_THRESH_FRACTION:.0%} of the remaining ids, RandomState({WEB_THRESH_SEED})"),
             "threshold_image_ids": web_thr,
+            "unique_rule": (
+                f"held-out ids whose dhash differs from every other image's in more than {UNIQUE_MIN_BITS} of 256 bits "
+                "(26 of the 55 held-out photos are exact copies of training or threshold photos)"
+            ),
+            "holdout_unique_image_ids": unseen_ids(web, set(web_hold)),
         },
     }
+
+
+def dhash(path: str) -> np.ndarray:
+    """256-bit gradient hash of a 17x16 grey thumbnail: equal for re-encoded / resized copies."""
+    grey = cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (17, 16), interpolation=cv2.INTER_AREA)
+    return (grey[:, 1:] > grey[:, :-1]).ravel()
+
+
+UNIQUE_MIN_BITS = 20  # web-cars: copies differ in 0 bits, distinct photos in 90 or more
+
+
+def unseen_ids(items: list[Item], held: set[int]) -> list[int]:
+    """Held-out ids with no copy among the other images (web-cars holds many exact duplicates)."""
+    hashes = {it.image_id: dhash(it.path) for it in items}
+    others = [h for i, h in hashes.items() if i not in held]
+    return sorted(i for i in held if min(int((hashes[i] != o).sum()) for o in others) > UNIQUE_MIN_BITS)
 
 
 def write_splits(path: str = SPLITS) -> dict:
