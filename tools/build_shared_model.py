@@ -126,16 +126,18 @@ def join(face: onnx.ModelProto, plate: onnx.ModelProto) -> onnx.ModelProto:
             init = onnx.TensorProto.FromString(init.SerializeToString())
             init.name = plate_name(init.name)
             inits.append(init)
-    outputs = [_float_output(f"{label}_{head}") for label in LABELS for head in HEADS]
-    graph = helper.make_graph(nodes, "face_plate_shared_trunk", list(fg.input), outputs, inits)
-    model = helper.make_model(graph, opset_imports=face.opset_import, producer_name="build_shared_model")
-    model.ir_version = face.ir_version
+    outputs = [f"{label}_{head}" for label in LABELS for head in HEADS]
+    return _model(face, "face_plate_shared_trunk", nodes, inits, outputs)
+
+
+def _model(like: onnx.ModelProto, name: str, nodes: list, inits: list, outputs: list[str]) -> onnx.ModelProto:
+    """A checked model with ``like``'s input, opset and IR version, and float outputs ``outputs``."""
+    values = [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, None, None, None]) for o in outputs]
+    graph = helper.make_graph(nodes, name, list(like.graph.input), values, inits)
+    model = helper.make_model(graph, opset_imports=like.opset_import, producer_name="build_shared_model")
+    model.ir_version = like.ir_version
     onnx.checker.check_model(model)
     return model
-
-
-def _float_output(name: str) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, None, None, None])
 
 
 def cut(joint: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -148,12 +150,7 @@ def cut(joint: onnx.ModelProto, label: str) -> onnx.ModelProto:
         node.output[:] = [o[len(prefix) :] if o in {prefix + h for h in HEADS} else o for o in node.output]
         nodes.append(node)
     used = {i for n in nodes for i in n.input}
-    inits = [i for i in g.initializer if i.name in used]
-    graph = helper.make_graph(nodes, f"{label}_detector", list(g.input), [_float_output(h) for h in HEADS], inits)
-    model = helper.make_model(graph, opset_imports=joint.opset_import, producer_name="build_shared_model")
-    model.ir_version = joint.ir_version
-    onnx.checker.check_model(model)
-    return model
+    return _model(joint, f"{label}_detector", nodes, [i for i in g.initializer if i.name in used], list(HEADS))
 
 
 def face_calibration():

@@ -117,7 +117,6 @@ class CenterNetDetector:
     """One model: load once, then ``detect`` any BGR image."""
 
     def __init__(self, card: ModelCard, models_dir: Path = MODELS_DIR, threads: int | None = None):
-
         self.card = card
         self.session = load_session(models_dir / card.file, card.sha256, card.label, threads)
         self._lock = threading.Lock()
@@ -278,9 +277,8 @@ class SharedTrunkDetector:
     """
 
     def __init__(self, card: dict, members: dict[str, CenterNetDetector], models_dir: Path = MODELS_DIR):
-        for label, member in members.items():
-            if card["members"].get(label, {}).get("sha256") != member.card.sha256:
-                raise DetectionError(f"shared model was not built from this {label} model")
+        if stale := stale_members(card, members):
+            raise DetectionError(f"shared model was not built from this {stale[0]} model")
         self.card = card
         self.members = members
         self.version = f"{card['file']}@{card['sha256'][:12]}"
@@ -320,6 +318,11 @@ class SharedTrunkDetector:
         return found
 
 
+def stale_members(card: dict, members: dict[str, CenterNetDetector]) -> list[str]:
+    """Labels whose model file is not the one the joint model was built from."""
+    return [k for k, m in members.items() if card["members"].get(k, {}).get("sha256") != m.card.sha256]
+
+
 def elapsed_ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
 
@@ -340,7 +343,7 @@ def get_shared_detector(labels: frozenset[str]) -> SharedTrunkDetector | None:
     if card is None:
         return None
     members = {label: get_detector(label) for label in labels}
-    if any(card["members"][label]["sha256"] != m.card.sha256 for label, m in members.items()):
+    if stale_members(card, members):
         return None  # left over from older member models: each model runs on its own
     return SharedTrunkDetector(card, members)
 
