@@ -145,11 +145,11 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def worker(files: list[Path], targets: str, settings: list[str]) -> dict:
     t0 = time.perf_counter()
-    from anonymizer.options import parse_options
+    from anonymizer.options import parse_options, parse_settings
     from anonymizer.pipeline import Anonymizer
 
     anonymizer = Anonymizer()
-    options = parse_options({"targets": targets, **dict(kv.split("=", 1) for kv in settings)})
+    options = parse_options({"targets": targets, **parse_settings(settings)})
     anonymizer.preload(tuple(options.targets))
     load_s = time.perf_counter() - t0
     blobs = [f.read_bytes() for f in files]

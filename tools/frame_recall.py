@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     from anonymizer.evaluation import ImageTruth, evaluate, load_coco
-    from anonymizer.options import parse_options
+    from anonymizer.options import parse_options, parse_settings
     from anonymizer.pipeline import Anonymizer
 
-    options = parse_options({"targets": "face,plate", **dict(kv.split("=", 1) for kv in args.set)})
+    options = parse_options({"targets": "face,plate", **parse_settings(args.set)})
     threshold = options.for_target("face").threshold or Anonymizer().detector("face").card.threshold
     anonymizer = Anonymizer()
     made, found = [], {}

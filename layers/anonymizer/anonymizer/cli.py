@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import AnonymizerError, InvalidOptionsError
-from .options import Options, parse_options
+from .options import Options, parse_options, parse_settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 SUFFIX_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
@@ -90,11 +90,7 @@ def _options_from_args(args: argparse.Namespace) -> Options:
             value = getattr(args, f"{target}_{key}", None)
             if value is not None:
                 values[f"{target}.{key}"] = value
-    for item in getattr(args, "set", []):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidOptionsError(f"--set expects KEY=VALUE; got {item!r}")
-        values[key] = value
+    values.update(parse_settings(getattr(args, "set", [])))
     logo = None
     if getattr(args, "logo", None):
         try:

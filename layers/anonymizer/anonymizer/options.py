@@ -82,6 +82,17 @@ def _target_dict(t: TargetOptions) -> dict:
     }
 
 
+def parse_settings(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings (the ``--set`` flags of the CLI and the tools) -> a flat option map."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidOptionsError(f"--set expects KEY=VALUE; got {item!r}")
+        values[key] = value
+    return values
+
+
 def parse_options(
     values: Mapping[str, str] | None = None,
     *,
