@@ -171,14 +171,15 @@ def test_package_data_matches_pyproject():
 
 def test_copy_package_takes_code_and_package_data_only(tmp_path: Path):
     src = tmp_path / "src" / "anonymizer"
-    for rel in [
+    kept = [
         "__init__.py",
         "aws/__init__.py",
         "models/face-int8.onnx",
         "models/face.json",
         "models/face.md",
         "assets/logo.png",
-    ]:
+    ]
+    for rel in kept:
         write(src / rel)
     for rel in ["__pycache__/x.cpython-311.pyc", "models/notes.txt", "models/face-fp32.pt", "scratch.ipynb"]:
         write(src / rel)
@@ -186,16 +187,7 @@ def test_copy_package_takes_code_and_package_data_only(tmp_path: Path):
     write(dest / "stale.py")  # a previous build's leftover goes away
     bl.copy_package(src, dest)
     got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert got == sorted(
-        [
-            "__init__.py",
-            "aws/__init__.py",
-            "models/face-int8.onnx",
-            "models/face.json",
-            "models/face.md",
-            "assets/logo.png",
-        ]
-    )
+    assert got == sorted(kept)
 
 
 ELF_HEADER = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x03\x00"  # 64-bit, little endian, ET_DYN
