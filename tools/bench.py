@@ -206,19 +206,21 @@ def network_times(repeats: int = 7) -> dict:
     """Median ms of one 1920x1088 pass (a 1080p frame) per shipped model: the cost of each network."""
     import numpy as np
 
-    from anonymizer.detection import MODELS_DIR, load_session
+    from anonymizer.detection import HEADS, MODELS_DIR
+    from anonymizer.networks import Network
 
     rng = np.random.default_rng(0)
     blob = rng.uniform(0, 255, (1, 3, 1088, 1920)).astype(np.float32)
     times = {}
     for card_path in sorted(MODELS_DIR.glob("*.json")):
         card = json.loads(card_path.read_text())
-        session = load_session(MODELS_DIR / card["file"], card["sha256"], card_path.stem)
-        session.run(None, {"input": blob})
+        network = Network(MODELS_DIR / card["file"], card["sha256"], card_path.stem)
+        names = [f"{k}_{h}" for k in card["members"] for h in HEADS] if "members" in card else HEADS
+        network.run(names, [blob])
         runs = []
         for _ in range(repeats):
             t = time.perf_counter()
-            session.run(None, {"input": blob})
+            network.run(names, [blob])
             runs.append((time.perf_counter() - t) * 1000)
         times[card["file"]] = round(statistics.median(runs), 1)
     return times
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.networks:
-        from anonymizer.detection import default_threads
+        from anonymizer.networks import default_threads
 
         print(f"one 1920x1088 pass, {default_threads()} threads, load {load()}")
         for name, ms in network_times().items():

@@ -14,6 +14,7 @@ from anonymizer.detection import (
     decode,
     get_detector,
     nms,
+    run_plan,
     working_scale,
 )
 from anonymizer.errors import DetectionError
@@ -68,7 +69,13 @@ def test_small_faces_in_a_large_photo_are_found_by_the_fine_pass(astronaut_bgr):
     centres = [((d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in found]
     for x, y in spots:
         assert any(abs(cx - (x + 16)) < 15 and abs(cy - (y + 18)) < 15 for cx, cy in centres), (x, y, centres)
-    boxes, _ = detector.run_pass(canvas, Pass(1280 / 4000, 0, 0, 4000, 3000), detector.card.threshold)
+    [(boxes, _)] = run_plan(
+        canvas,
+        [(Pass(1280 / 4000, 0, 0, 4000, 3000), ("face",))],
+        detector.run_jobs,
+        {"face": detector.card},
+        {"face": 0.15},
+    )["face"]
     assert len(boxes) < len(spots)  # the global pass alone loses some (6 px faces: at best borderline scores)
 
 

@@ -526,7 +526,8 @@ def _plate_that_crashes_in_onnxruntime():
     """A real CenterNetDetector whose session fails mid-run (the library wraps it in DetectionError)."""
     broken = copy.copy(get_detector("face"))
     broken.card = _plate_card()
-    broken.session = _Exploding()
+    broken.network = copy.copy(broken.network)
+    broken.network.session = _Exploding()
     return broken
 
 

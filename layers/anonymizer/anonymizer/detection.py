@@ -8,13 +8,12 @@ and working-resolution policy, so tuning a model never means editing code.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import math
-import os
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -22,10 +21,16 @@ import cv2
 import numpy as np
 
 from .errors import DetectionError
+from .networks import ALIGN, Network
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 STRIDE = 4
 MAX_UPSCALE = 3.0
+SCREEN_MIN_PIXELS = 1_000_000  # network-input pixels from which a native pass is screened first
+SCREEN_MARGIN = 32  # px of network input kept around a proposal (object extent plus context)
+SCREEN_TRUST = 2.0  # objects this many times the smallest detectable size are taken from the half-scale run
+SCREEN_SURE = 0.5  # ... and where they score this much, their area needs no native-scale run
+RUN_COST_PIXELS = 16_000  # the fixed cost of one network run, in input pixels' worth (about 1.5 ms)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class ModelCard:
     min_detectable: float  # ... and the size (px at the network input) the model still finds
     tile_side: int  # the fine pass over large images runs in tiles of this size (bounded memory)
     coarse_side: int = 640  # ... beside a coarse pass at this long side, for objects too big for the tiles
+    screen_threshold: float | None = None  # heatmap level at half scale that sends a spot to the full pass
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
 
     @classmethod
@@ -74,43 +80,10 @@ def working_scale(width: int, height: int, min_side: int, max_side: int) -> floa
     return 1.0
 
 
-def default_threads() -> int:
-    """Threads from the Lambda memory size (vCPUs scale with memory), else the CPU affinity."""
-    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-    if memory:
-        return max(1, min(6, round(int(memory) / 1769)))
-    return max(1, len(os.sched_getaffinity(0)))
-
-
 HEADS = ["heatmap", "scale", "offset"]
-
-
-def load_session(path: Path, sha256: str, name: str, threads: int | None = None):
-    """An onnxruntime session for a model file that must match its card's sha256."""
-    import onnxruntime as ort
-
-    try:
-        model_bytes = path.read_bytes()
-    except OSError as exc:
-        raise DetectionError(f"{name} model missing: {path.name}") from exc
-    digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != sha256:
-        raise DetectionError(f"{name} model {path.name} does not match its card (sha256 {digest[:12]})")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def run_session(session, lock: threading.Lock, names: list[str], blob: np.ndarray, name: str) -> list[np.ndarray]:
-    try:
-        with lock:
-            return session.run(names, {"input": blob})
-    except Exception as exc:  # onnxruntime raises its own types; never let an image through
-        raise DetectionError(f"{name} detector failed to run") from exc
+Heads = tuple[list[np.ndarray], tuple[int, int, int, int]]  # one label's outputs of a pass, and its sizes
+Job = tuple["Pass", tuple[str, ...]]  # a pass and the labels it must answer for
+RunJobs = Callable[[np.ndarray, list[Job]], list[dict[str, Heads]]]
 
 
 class CenterNetDetector:
@@ -118,8 +91,7 @@ class CenterNetDetector:
 
     def __init__(self, card: ModelCard, models_dir: Path = MODELS_DIR, threads: int | None = None):
         self.card = card
-        self.session = load_session(models_dir / card.file, card.sha256, card.label, threads)
-        self._lock = threading.Lock()
+        self.network = Network(models_dir / card.file, card.sha256, card.label, threads)
 
     @property
     def label(self) -> str:
@@ -130,8 +102,9 @@ class CenterNetDetector:
     ) -> list[Detection]:
         """All objects at or above ``threshold`` (default: the card's operating threshold)."""
         threshold = self.card.threshold if threshold is None else threshold
-        parts = [self.run_pass(image, p, threshold) for p in self.plan(image.shape[1], image.shape[0], min_size)]
-        return self.finish(parts, image.shape[1], image.shape[0])
+        plan = [(p, (self.label,)) for p in self.plan(image.shape[1], image.shape[0], min_size)]
+        parts = run_plan(image, plan, self.run_jobs, {self.label: self.card}, {self.label: threshold})
+        return self.finish(parts[self.label], image.shape[1], image.shape[0])
 
     def plan(self, width: int, height: int, min_size: float | None = None) -> list[Pass]:
         """The passes that find every object from ``min_size`` px (default: the card's) upwards.
@@ -140,25 +113,25 @@ class CenterNetDetector:
         ``min_size`` than the card's lets that pass run at a reduced scale instead). Larger
         ones get a fine pass at the scale where objects of ``min_size`` px stay detectable — in
         tiles, so memory stays bounded — plus a coarse pass with the long side at ``coarse_side``
-        for objects too large for the fine pass to see whole.
+        for objects too large for the fine pass to see whole. Big fine passes are screened.
         """
         min_size = self.card.min_object if min_size is None else min_size
         scale = working_scale(width, height, self.card.min_side, self.card.max_side)
         fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
         if scale >= fine:  # one pass sees every size; without upscaling, no finer than min_size needs
-            return [Pass(scale if scale > 1 else fine, 0, 0, width, height)]
+            return [screening(Pass(scale if scale > 1 else fine, 0, 0, width, height))]
         passes = [Pass(min(scale, self.card.coarse_side / max(width, height)), 0, 0, width, height)]
         side = int(self.card.tile_side / fine)
         overlap = int(64 / fine)  # small objects (the fine pass's job) fit in the overlap
         for y0, y1 in _spans(height, side, overlap):
             for x0, x1 in _spans(width, side, overlap):
-                passes.append(Pass(fine, x0, y0, x1, y1))
+                passes.append(screening(Pass(fine, x0, y0, x1, y1)))
         return passes
 
-    def run_pass(self, image: np.ndarray, p: Pass, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        blob, sizes = prepare(image, p)
-        heads = run_session(self.session, self._lock, HEADS, blob, self.label)
-        return decode_pass(heads, p, sizes, threshold)
+    def run_jobs(self, image: np.ndarray, jobs: list[Job]) -> list[dict[str, Heads]]:
+        prepared = [prepare(image, p) for p, _ in jobs]
+        outputs = self.network.run(HEADS, [blob for blob, _ in prepared])
+        return [{self.label: (out, sizes)} for out, (_, sizes) in zip(outputs, prepared, strict=True)]
 
     def finish(self, parts: list[tuple[np.ndarray, np.ndarray]], width: int, height: int) -> list[Detection]:
         """Boxes of all passes -> the card's box convention -> one NMS."""
@@ -181,13 +154,143 @@ class CenterNetDetector:
 
 @dataclass(frozen=True)
 class Pass:
-    """One network run: the region [x0, x1) x [y0, y1) of the image, resized by ``scale``."""
+    """One network run: the region [x0, x1) x [y0, y1) of the image, resized by ``scale``.
+
+    A ``screened`` pass first runs at half the scale; only the spots where that run sees
+    anything (``run_plan``) then run at the full scale.
+    """
 
     scale: float
     x0: int
     y0: int
     x1: int
     y1: int
+    screened: bool = False
+
+    @property
+    def area(self) -> int:
+        return (self.x1 - self.x0) * (self.y1 - self.y0)
+
+
+def screening(p: Pass) -> Pass:
+    """Screen a pass when it is big and not upscaled: the rule is geometric, so the face and the
+    plate plans mark the same passes and the joint network still runs each of them once."""
+    return replace(p, screened=p.scale <= 1 and p.area * p.scale**2 >= SCREEN_MIN_PIXELS)
+
+
+def run_plan(
+    image: np.ndarray, plan: list[Job], run: RunJobs, cards: dict[str, ModelCard], thresholds: dict[str, float]
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Boxes and scores per label for a plan, in two rounds of network runs (each run side by side).
+
+    Why screening: at native scale most of a photo holds nothing, and the costly part is the
+    native-scale run over all of it. So a screened pass first runs at half scale, which finds
+    big objects outright; its heatmap, read at a low level (``screen_threshold``), marks where
+    smaller ones may be, and in the second round those spots, with a margin, run at full
+    scale. Each label's spots are its own, so a label's answer does not depend on which other
+    labels were asked for. Where the spots would cost more than the whole pass, it runs whole.
+    """
+    first = [(replace(p, scale=p.scale / 2, screened=False) if p.screened else p, labels) for p, labels in plan]
+    found: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in cards}
+    second: dict[Pass, list[str]] = {}  # spot -> labels
+    outer: dict[Pass, Pass] = {}  # spot -> the screened pass it belongs to
+    for (p, labels), (q, _), heads in zip(plan, first, run(image, first), strict=True):
+        for k in labels:
+            boxes, scores = decode_pass(heads[k][0], q, heads[k][1], thresholds[k])
+            if not p.screened:
+                found[k].append((boxes, scores))
+                continue
+            spots = screened_spots(heads[k][0][0][0, 0], heads[k][1], boxes, scores, cards[k], q, p)
+            if run_cost(spots) >= run_cost([p]):  # crowded: the whole pass costs less than its spots
+                spots = [replace(p, screened=False)]
+            else:  # objects seen whole at half scale
+                big = boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * cards[k].min_detectable / q.scale
+                found[k].append((boxes[big], scores[big]))
+            for r in spots:
+                second.setdefault(r, []).append(k)
+                outer[r] = p
+    jobs = [(r, tuple(labels)) for r, labels in second.items()]
+    for (r, labels), heads in zip(jobs, run(image, jobs), strict=True):
+        for k in labels:
+            boxes, scores = decode_pass(heads[k][0], r, heads[k][1], thresholds[k])
+            inner = _inside(boxes, r, outer[r], SCREEN_MARGIN / r.scale / 2)
+            found[k].append((boxes[inner], scores[inner]))
+    return found
+
+
+def screened_spots(
+    heatmap: np.ndarray,
+    sizes: tuple[int, int, int, int],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    card: ModelCard,
+    screen: Pass,
+    p: Pass,
+) -> list[Pass]:
+    """The full-scale passes a half-scale run asks for: its hot cells, less those of objects it
+    found whole and sure (they need no second look)."""
+    _, _, nw, nh = sizes
+    hot = heatmap[: math.ceil(nh / STRIDE), : math.ceil(nw / STRIDE)] >= card.screen_threshold
+    cell = STRIDE / screen.scale  # image px per heatmap cell
+    sure = (boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * card.min_detectable / screen.scale) & (scores >= SCREEN_SURE)
+    for x0, y0, x1, y1 in boxes[sure]:
+        hot[
+            int((y0 - p.y0) / cell) : math.ceil((y1 - p.y0) / cell),
+            int((x0 - p.x0) / cell) : math.ceil((x1 - p.x0) / cell),
+        ] = False
+    return proposal_regions(hot, screen, p)
+
+
+def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass) -> list[Pass]:
+    """Hot cells of a half-scale heatmap -> full-scale passes around them.
+
+    Each group of nearby cells gets its bounding box, on the whole pass's 32 px grid (so a spot
+    sees what the whole pass would). Two boxes are joined only where one run over their joint
+    box costs no more than two runs, so a scattered crowd does not become one pass over all.
+    """
+    cell = STRIDE / screen.scale
+    reach = math.ceil(SCREEN_MARGIN / p.scale / cell)
+    grown = cv2.dilate(hot.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    grid = ALIGN / p.scale
+    rects = [
+        (
+            p.x0 + int(x * cell // grid * grid),
+            p.y0 + int(y * cell // grid * grid),
+            min(p.x1, p.x0 + math.ceil(math.ceil((x + w) * cell / grid) * grid)),
+            min(p.y1, p.y0 + math.ceil(math.ceil((y + h) * cell / grid) * grid)),
+        )
+        for x, y, w, h, _ in stats[1:count]
+    ]
+    joined = True
+    while joined:
+        joined = False
+        for i, j in itertools.combinations(range(len(rects)), 2):
+            a, b = rects[i], rects[j]
+            both = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+            if run_cost([Pass(p.scale, *both)]) <= run_cost([Pass(p.scale, *a), Pass(p.scale, *b)]):
+                rects[i] = both
+                del rects[j]
+                joined = True
+                break
+    return [Pass(p.scale, *r) for r in rects]
+
+
+def run_cost(passes: list[Pass]) -> float:
+    """Estimated cost of running these passes, in network-input pixels."""
+    return sum(p.area * p.scale**2 + RUN_COST_PIXELS for p in passes)
+
+
+def _inside(boxes: np.ndarray, r: Pass, p: Pass, margin: float) -> np.ndarray:
+    """Boxes whose centre is not in the margin of a cut edge (objects cut there are the half-scale run's)."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = np.ones(len(boxes), bool)
+    for centre, lo, hi, outer_lo, outer_hi in ((cx, r.x0, r.x1, p.x0, p.x1), (cy, r.y0, r.y1, p.y0, p.y1)):
+        if lo > outer_lo:
+            keep &= centre >= lo + margin
+        if hi < outer_hi:
+            keep &= centre < hi - margin
+    return keep
 
 
 def prepare(image: np.ndarray, p: Pass) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -282,40 +385,51 @@ class SharedTrunkDetector:
         self.card = card
         self.members = members
         self.version = f"{card['file']}@{card['sha256'][:12]}"
-        self.session = load_session(models_dir / card["file"], card["sha256"], "shared")
-        self._lock = threading.Lock()
+        self.network = Network(models_dir / card["file"], card["sha256"], "shared")
 
     def detect(
         self, image: np.ndarray, wanted: dict[str, tuple[float | None, float | None]], timings: dict | None = None
     ) -> dict[str, list[Detection]]:
         """``wanted``: label -> (threshold, min_size), None for the card's; detections per label.
 
-        ``timings`` (ms) gets ``detect_<a>+<b>`` for the joint passes and ``detect_<label>`` for
-        the passes one model runs alone.
+        ``timings`` (ms) gets ``detect_<a>+<b>``: all of the detection (the runs interleave).
         """
         timings = {} if timings is None else timings
+        t0 = time.perf_counter()
         h, w = image.shape[:2]
         thresholds = {k: self.members[k].card.threshold if t is None else t for k, (t, _) in wanted.items()}
-        plans = {k: self.members[k].plan(w, h, min_size) for k, (_, min_size) in wanted.items()}
-        shared = set.intersection(*(set(plan) for plan in plans.values()))
-        names = [f"{k}_{head}" for k in wanted for head in HEADS]
-        joint: dict[Pass, dict] = {}
-        t0 = time.perf_counter()
-        for p in shared:
-            blob, sizes = prepare(image, p)
-            outputs = dict(zip(names, run_session(self.session, self._lock, names, blob, "shared"), strict=True))
-            joint[p] = {
-                k: decode_pass([outputs[f"{k}_{head}"] for head in HEADS], p, sizes, thresholds[k]) for k in wanted
-            }
+        passes: dict[Pass, list[str]] = {}
+        for k, (_, min_size) in wanted.items():
+            for p in self.members[k].plan(w, h, min_size):
+                passes.setdefault(p, []).append(k)
+        cards = {k: self.members[k].card for k in wanted}
+        plan = [(p, tuple(labels)) for p, labels in passes.items()]
+        parts = run_plan(image, plan, self.run_jobs, cards, thresholds)
+        found = {k: self.members[k].finish(parts[k], w, h) for k in wanted}
         timings["detect_" + "+".join(wanted)] = elapsed_ms(t0)
-        found = {}
-        for label, plan in plans.items():
-            t0 = time.perf_counter()
-            member = self.members[label]
-            parts = [joint[p][label] if p in joint else member.run_pass(image, p, thresholds[label]) for p in plan]
-            found[label] = member.finish(parts, w, h)
-            timings[f"detect_{label}"] = elapsed_ms(t0)
         return found
+
+    def run_jobs(self, image: np.ndarray, jobs: list[Job]) -> list[dict[str, Heads]]:
+        """Jobs for several labels run through the joint network, the others on their member's own."""
+        results: list[dict[str, Heads]] = [{} for _ in jobs]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (_, labels) in enumerate(jobs):
+            groups.setdefault(labels, []).append(i)
+        for labels, members in groups.items():
+            group = [jobs[i] for i in members]
+            if len(labels) == 1:
+                answers = self.members[labels[0]].run_jobs(image, group)
+            else:
+                names = [f"{k}_{head}" for k in labels for head in HEADS]
+                prepared = [prepare(image, p) for p, _ in group]
+                outputs = self.network.run(names, [blob for blob, _ in prepared])
+                answers = [
+                    {k: (out[n * len(HEADS) : (n + 1) * len(HEADS)], sizes) for n, k in enumerate(labels)}
+                    for out, (_, sizes) in zip(outputs, prepared, strict=True)
+                ]
+            for i, answer in zip(members, answers, strict=True):
+                results[i] = answer
+        return results
 
 
 def stale_members(card: dict, members: dict[str, CenterNetDetector]) -> list[str]:
