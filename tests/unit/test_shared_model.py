@@ -42,7 +42,7 @@ def test_the_shared_card_matches_the_shipped_models():
 
 def test_1080p_face_and_plate_plans_share_the_native_pass():
     face, plate = get_detector("face").plan(1920, 1080), get_detector("plate").plan(1920, 1080)
-    native = Pass(1.0, 0, 0, 1920, 1080, screened=True)  # screened at half scale first
+    native = Pass(1.0, 0, 0, 1920, 1080, screened=True)  # screened at a third of the scale first
     assert native in face and native in plate
     assert len(face) == 2  # + the coarse pass for faces too big for the native one
 

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import AnonymizerError, InvalidOptionsError
@@ -108,6 +109,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--report", action="store_true", help="also write NAME.report.json beside each output")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="images in flight at once (default 2; memory grows with it)"
+    )
     _add_option_flags(parser)
     return parser
 
@@ -183,7 +187,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     show_progress = args.progress if args.progress is not None else (sys.stderr.isatty() and len(items) > 1)
     done = failed = 0
     started = time.perf_counter()
-    for index, (source, relative) in enumerate(items, 1):
+
+    def one(item: tuple[Path, Path]) -> str | None:
+        """Anonymize one file; the error message if it failed (nothing is written then)."""
+        source, relative = item
         try:
             result = anonymizer.anonymize(_read(source), options)
             target = (args.output / relative).with_suffix(SUFFIX_FOR_FORMAT[result.format])
@@ -194,12 +201,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.report:
                 report = {"source": str(source), **result.report}
                 _write_atomically(target.with_name(target.name + ".report.json"), json.dumps(report, indent=2).encode())
-            done += 1
         except AnonymizerError as exc:
-            failed += 1
-            print(f"anonymize: {source}: {exc}", file=sys.stderr)
-        if show_progress:
-            _progress(index, len(items), started)
+            return str(exc)
+        return None
+
+    # A few images in flight: one image's decode, effects and encode (one core each) overlap
+    # another's network runs, which keep every core busy on their own.
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for index, ((source, _), error) in enumerate(zip(items, pool.map(one, items), strict=True), 1):
+            if error is None:
+                done += 1
+            else:
+                failed += 1
+                print(f"anonymize: {source}: {error}", file=sys.stderr)
+            if show_progress:
+                _progress(index, len(items), started)
     if show_progress:
         print(file=sys.stderr)
     print(f"anonymized {done} of {len(items)} image(s) into {args.output}" + (f"; {failed} failed" if failed else ""),

@@ -27,8 +27,9 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 STRIDE = 4
 MAX_UPSCALE = 3.0
 SCREEN_MIN_PIXELS = 1_000_000  # network-input pixels from which a native pass is screened first
+SCREEN_SCALE = 1 / 3  # of the pass's scale: where the screening run looks (1080p: the coarse face pass)
 SCREEN_MARGIN = 32  # px of network input kept around a proposal (object extent plus context)
-SCREEN_TRUST = 2.0  # objects this many times the smallest detectable size are taken from the half-scale run
+SCREEN_TRUST = 2.0  # objects this many times the smallest detectable size are taken from the screening run
 SCREEN_SURE = 0.5  # ... and where they score this much, their area needs no native-scale run
 RUN_COST_PIXELS = 16_000  # the fixed cost of one network run, in input pixels' worth (about 1.5 ms)
 
@@ -58,7 +59,7 @@ class ModelCard:
     min_detectable: float  # ... and the size (px at the network input) the model still finds
     tile_side: int  # the fine pass over large images runs in tiles of this size (bounded memory)
     coarse_side: int = 640  # ... beside a coarse pass at this long side, for objects too big for the tiles
-    screen_threshold: float | None = None  # heatmap level at half scale that sends a spot to the full pass
+    screen_threshold: float | None = None  # heatmap level of the screening run that sends a spot to the full pass
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
 
     @classmethod
@@ -156,7 +157,7 @@ class CenterNetDetector:
 class Pass:
     """One network run: the region [x0, x1) x [y0, y1) of the image, resized by ``scale``.
 
-    A ``screened`` pass first runs at half the scale; only the spots where that run sees
+    A ``screened`` pass first runs at ``SCREEN_SCALE`` of its scale; only the spots where that run sees
     anything (``run_plan``) then run at the full scale.
     """
 
@@ -184,17 +185,25 @@ def run_plan(
     """Boxes and scores per label for a plan, in two rounds of network runs (each run side by side).
 
     Why screening: at native scale most of a photo holds nothing, and the costly part is the
-    native-scale run over all of it. So a screened pass first runs at half scale, which finds
-    big objects outright; its heatmap, read at a low level (``screen_threshold``), marks where
-    smaller ones may be, and in the second round those spots, with a margin, run at full
-    scale. Each label's spots are its own, so a label's answer does not depend on which other
-    labels were asked for. Where the spots would cost more than the whole pass, it runs whole.
+    native-scale run over all of it. So a screened pass first runs at ``SCREEN_SCALE`` of its
+    scale, which finds big objects outright; its heatmap, read at a low level
+    (``screen_threshold``), marks where smaller ones may be, and in the second round those
+    spots, with a margin, run at full scale. Each label's spots are its own, so a label's
+    answer does not depend on which other labels were asked for. Where the spots would cost
+    more than the whole pass, it runs whole. A screening run that is also a planned pass (a
+    1080p frame's coarse face pass) runs once.
     """
-    first = [(replace(p, scale=p.scale / 2, screened=False) if p.screened else p, labels) for p, labels in plan]
+    looks = [replace(p, scale=p.scale * SCREEN_SCALE, screened=False) if p.screened else p for p, _ in plan]
+    first: dict[Pass, list[str]] = {}
+    for q, (_, labels) in zip(looks, plan, strict=True):
+        first.setdefault(q, [])
+        first[q] += [k for k in labels if k not in first[q]]
+    seen = dict(zip(first, run(image, [(q, tuple(labels)) for q, labels in first.items()]), strict=True))
     found: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in cards}
     second: dict[Pass, list[str]] = {}  # spot -> labels
     outer: dict[Pass, Pass] = {}  # spot -> the screened pass it belongs to
-    for (p, labels), (q, _), heads in zip(plan, first, run(image, first), strict=True):
+    for (p, labels), q in zip(plan, looks, strict=True):
+        heads = seen[q]
         for k in labels:
             boxes, scores = decode_pass(heads[k][0], q, heads[k][1], thresholds[k])
             if not p.screened:
@@ -203,7 +212,7 @@ def run_plan(
             spots = screened_spots(heads[k][0][0][0, 0], heads[k][1], boxes, scores, cards[k], q, p)
             if run_cost(spots) >= run_cost([p]):  # crowded: the whole pass costs less than its spots
                 spots = [replace(p, screened=False)]
-            else:  # objects seen whole at half scale
+            else:  # objects the screening run saw whole
                 big = boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * cards[k].min_detectable / q.scale
                 found[k].append((boxes[big], scores[big]))
             for r in spots:
@@ -227,7 +236,7 @@ def screened_spots(
     screen: Pass,
     p: Pass,
 ) -> list[Pass]:
-    """The full-scale passes a half-scale run asks for: its hot cells, less those of objects it
+    """The full-scale passes a screening run asks for: its hot cells, less those of objects it
     found whole and sure (they need no second look)."""
     _, _, nw, nh = sizes
     hot = heatmap[: math.ceil(nh / STRIDE), : math.ceil(nw / STRIDE)] >= card.screen_threshold
@@ -242,7 +251,7 @@ def screened_spots(
 
 
 def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass) -> list[Pass]:
-    """Hot cells of a half-scale heatmap -> full-scale passes around them.
+    """Hot cells of a screening heatmap -> full-scale passes around them.
 
     Each group of nearby cells gets its bounding box, on the whole pass's 32 px grid (so a spot
     sees what the whole pass would). Two boxes are joined only where one run over their joint
@@ -262,13 +271,18 @@ def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass) -> list[Pass]:
         )
         for x, y, w, h, _ in stats[1:count]
     ]
+    area = RUN_COST_PIXELS / p.scale**2  # a run's fixed cost, in image pixels
+
+    def cost(r: tuple[int, int, int, int]) -> float:
+        return (r[2] - r[0]) * (r[3] - r[1]) + area
+
     joined = True
     while joined:
         joined = False
         for i, j in itertools.combinations(range(len(rects)), 2):
             a, b = rects[i], rects[j]
             both = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-            if run_cost([Pass(p.scale, *both)]) <= run_cost([Pass(p.scale, *a), Pass(p.scale, *b)]):
+            if cost(both) <= cost(a) + cost(b):
                 rects[i] = both
                 del rects[j]
                 joined = True
@@ -282,7 +296,7 @@ def run_cost(passes: list[Pass]) -> float:
 
 
 def _inside(boxes: np.ndarray, r: Pass, p: Pass, margin: float) -> np.ndarray:
-    """Boxes whose centre is not in the margin of a cut edge (objects cut there are the half-scale run's)."""
+    """Boxes whose centre is not in the margin of a cut edge (objects cut there are the screening run's)."""
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     keep = np.ones(len(boxes), bool)
     for centre, lo, hi, outer_lo, outer_hi in ((cx, r.x0, r.x1, p.x0, p.x1), (cy, r.y0, r.y1, p.y0, p.y1)):
@@ -411,24 +425,21 @@ class SharedTrunkDetector:
 
     def run_jobs(self, image: np.ndarray, jobs: list[Job]) -> list[dict[str, Heads]]:
         """Jobs for several labels run through the joint network, the others on their member's own."""
-        results: list[dict[str, Heads]] = [{} for _ in jobs]
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, (_, labels) in enumerate(jobs):
             groups.setdefault(labels, []).append(i)
+        started = []
         for labels, members in groups.items():
-            group = [jobs[i] for i in members]
-            if len(labels) == 1:
-                answers = self.members[labels[0]].run_jobs(image, group)
+            prepared = [prepare(image, jobs[i][0]) for i in members]
+            if len(labels) > 1:
+                network, names = self.network, [f"{k}_{head}" for k in labels for head in HEADS]
             else:
-                names = [f"{k}_{head}" for k in labels for head in HEADS]
-                prepared = [prepare(image, p) for p, _ in group]
-                outputs = self.network.run(names, [blob for blob, _ in prepared])
-                answers = [
-                    {k: (out[n * len(HEADS) : (n + 1) * len(HEADS)], sizes) for n, k in enumerate(labels)}
-                    for out, (_, sizes) in zip(outputs, prepared, strict=True)
-                ]
-            for i, answer in zip(members, answers, strict=True):
-                results[i] = answer
+                network, names = self.members[labels[0]].network, HEADS
+            started.append((labels, members, prepared, network.start(names, [blob for blob, _ in prepared])))
+        results: list[dict[str, Heads]] = [{} for _ in jobs]
+        for labels, members, prepared, outputs in started:
+            for i, out, (_, sizes) in zip(members, outputs(), prepared, strict=True):
+                results[i] = {k: (out[n * len(HEADS) : (n + 1) * len(HEADS)], sizes) for n, k in enumerate(labels)}
         return results
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -25,7 +26,7 @@ OUTPUT_STRIDE = 4  # every output of our networks is at 1/4 of the input
 ALIGN = 32  # the networks' coarsest stride: pieces cut on this grid see what the whole input sees
 PIECE_MARGIN = 64  # input px of context a piece keeps beyond its own part on a cut side
 PIECE_SIDE = 2048  # pieces are at most about this long (bigger runs fall out of the caches)
-SPLIT_MIN_PIXELS = 400_000  # smaller inputs run whole: the margins would cost more than they gain
+SPLIT_MIN_PIXELS = 200_000  # smaller inputs run whole: the margins would cost more than they gain
 
 
 def default_threads() -> int:
@@ -88,6 +89,14 @@ class Network:
 
     def run(self, names: list[str], blobs: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Outputs ``names`` for each NCHW blob (sides multiples of ``ALIGN``), as one run would give."""
+        return self.start(names, blobs)()
+
+    def start(self, names: list[str], blobs: list[np.ndarray]) -> Callable[[], list[list[np.ndarray]]]:
+        """``run``, started on the pool; the returned call waits for the outputs.
+
+        Several networks' runs started before any is awaited share the cores (one single-threaded
+        run cannot keep two cores busy).
+        """
         jobs = []  # (blob index, piece input, its part in output cells, where that part sits in the piece's output)
         for b, blob in enumerate(blobs):
             height, width = blob.shape[2:]
@@ -101,10 +110,21 @@ class Network:
                 )
                 whole = (y0, y1, x0, x1) == (0, height, 0, width)
                 jobs.append((b, blob if whole else np.ascontiguousarray(blob[:, :, y0:y1, x0:x1]), part, inner))
-        if self.workers > 1 and len(jobs) > 1:
-            results = list(_pool(self.workers).map(lambda job: self._run(names, job[1]), jobs))
+        if self.workers > 1:  # biggest first: the last piece to finish is a small one
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1].size)
+            submitted = {i: _pool(self.workers).submit(self._run, names, jobs[i][1]) for i in order}
+            futures = [submitted[i] for i in range(len(jobs))]
         else:
-            results = [self._run(names, job[1]) for job in jobs]
+            done = [self._run(names, job[1]) for job in jobs]
+
+        def outputs() -> list[list[np.ndarray]]:
+            results = [f.result() for f in futures] if self.workers > 1 else done
+            return self._stitch(blobs, jobs, results)
+
+        return outputs
+
+    @staticmethod
+    def _stitch(blobs: list[np.ndarray], jobs: list, results: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         stitched: list[list[np.ndarray] | None] = [None] * len(blobs)
         for (b, piece, part, inner), outputs in zip(jobs, results, strict=True):
             if piece is blobs[b]:
