@@ -205,6 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return str(exc)
         return None
 
+    if items:
+        anonymizer.preload(options.targets)  # once, before the images in flight would race to load
     # A few images in flight: one image's decode, effects and encode (one core each) overlap
     # another's network runs, which keep every core busy on their own.
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:

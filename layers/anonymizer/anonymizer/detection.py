@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,6 @@ STRIDE = 4
 MAX_UPSCALE = 3.0
 SCREEN_MIN_PIXELS = 1_000_000  # network-input pixels from which a native pass is screened first
 SCREEN_SCALE = 1 / 3  # of the pass's scale: where the screening run looks (1080p: the coarse face pass)
-SCREEN_MARGIN = 32  # px of network input kept around a proposal (object extent plus context)
 SCREEN_TRUST = 2.0  # objects this many times the smallest detectable size are taken from the screening run
 SCREEN_SURE = 0.5  # ... and where they score this much, their area needs no native-scale run
 RUN_COST_PIXELS = 16_000  # the fixed cost of one network run, in input pixels' worth (about 1.5 ms)
@@ -60,6 +60,7 @@ class ModelCard:
     tile_side: int  # the fine pass over large images runs in tiles of this size (bounded memory)
     coarse_side: int = 640  # ... beside a coarse pass at this long side, for objects too big for the tiles
     screen_threshold: float | None = None  # heatmap level of the screening run that sends a spot to the full pass
+    screen_margin: int = 32  # px of network input kept around such a spot (the object and its context)
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
 
     @classmethod
@@ -222,7 +223,7 @@ def run_plan(
     for (r, labels), heads in zip(jobs, run(image, jobs), strict=True):
         for k in labels:
             boxes, scores = decode_pass(heads[k][0], r, heads[k][1], thresholds[k])
-            inner = _inside(boxes, r, outer[r], SCREEN_MARGIN / r.scale / 2)
+            inner = _inside(boxes, r, outer[r], cards[k].screen_margin / r.scale / 2)
             found[k].append((boxes[inner], scores[inner]))
     return found
 
@@ -247,10 +248,10 @@ def screened_spots(
             int((y0 - p.y0) / cell) : math.ceil((y1 - p.y0) / cell),
             int((x0 - p.x0) / cell) : math.ceil((x1 - p.x0) / cell),
         ] = False
-    return proposal_regions(hot, screen, p)
+    return proposal_regions(hot, screen, p, card.screen_margin)
 
 
-def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass) -> list[Pass]:
+def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass, margin: int) -> list[Pass]:
     """Hot cells of a screening heatmap -> full-scale passes around them.
 
     Each group of nearby cells gets its bounding box, on the whole pass's 32 px grid (so a spot
@@ -258,7 +259,7 @@ def proposal_regions(hot: np.ndarray, screen: Pass, p: Pass) -> list[Pass]:
     box costs no more than two runs, so a scattered crowd does not become one pass over all.
     """
     cell = STRIDE / screen.scale
-    reach = math.ceil(SCREEN_MARGIN / p.scale / cell)
+    reach = math.ceil(margin / p.scale / cell)
     grown = cv2.dilate(hot.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
     count, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
     grid = ALIGN / p.scale
@@ -393,13 +394,19 @@ class SharedTrunkDetector:
     as from the face model; plates through the face trunk's int8 ranges (measured in plate.md).
     """
 
-    def __init__(self, card: dict, members: dict[str, CenterNetDetector], models_dir: Path = MODELS_DIR):
+    def __init__(
+        self,
+        card: dict,
+        members: dict[str, CenterNetDetector],
+        models_dir: Path = MODELS_DIR,
+        network: Network | None = None,
+    ):
         if stale := stale_members(card, members):
             raise DetectionError(f"shared model was not built from this {stale[0]} model")
         self.card = card
         self.members = members
         self.version = f"{card['file']}@{card['sha256'][:12]}"
-        self.network = Network(models_dir / card["file"], card["sha256"], "shared")
+        self.network = network or Network(models_dir / card["file"], card["sha256"], "shared")
 
     def detect(
         self, image: np.ndarray, wanted: dict[str, tuple[float | None, float | None]], timings: dict | None = None
@@ -467,10 +474,12 @@ def get_shared_detector(labels: frozenset[str]) -> SharedTrunkDetector | None:
     card = shared_card(labels) if len(labels) > 1 else None
     if card is None:
         return None
-    members = {label: get_detector(label) for label in labels}
+    with ThreadPoolExecutor(len(labels) + 1) as pool:  # onnxruntime builds sessions side by side
+        network = pool.submit(Network, MODELS_DIR / card["file"], card["sha256"], "shared")
+        members = dict(zip(labels, pool.map(get_detector, labels), strict=True))
     if stale_members(card, members):
         return None  # left over from older member models: each model runs on its own
-    return SharedTrunkDetector(card, members)
+    return SharedTrunkDetector(card, members, network=network.result())
 
 
 def available_models() -> list[str]:

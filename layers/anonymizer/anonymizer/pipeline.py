@@ -71,9 +71,9 @@ class Anonymizer:
 
     def preload(self, targets: tuple[str, ...]) -> None:
         """Load every network these targets use (e.g. in a Lambda's init phase)."""
+        self.shared_detector(targets)  # first: it loads its members too, side by side
         for target in targets:
             self.detector(target)
-        self.shared_detector(targets)
 
     def anonymize(self, data: bytes, options: Options) -> Result:
         timings: dict[str, float] = {}
