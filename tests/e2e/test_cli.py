@@ -118,3 +118,16 @@ def test_eval_writes_crops_of_what_it_could_not_match(shared_data, tmp_path, cap
     assert sum("-missed" in f for f in files) == result["objects"] - tp
     assert sum("-fp-" in f for f in files) == result["detections"] - tp
     assert all(cv2.imread(str(crops / f)) is not None for f in files)
+
+
+def test_images_in_flight_do_not_change_the_outputs(shared_data, tmp_path):
+    """--jobs only overlaps work: the bytes written are the same as one image at a time."""
+    cars = sorted((shared_data / "plates" / "web-cars" / "images").glob("*.jpg"))[:2]
+    frames = sorted((shared_data / "plates" / "romania-dashcam").rglob("*.jpg"))[:2]
+    big = tmp_path / "frame-1080p.jpg"  # screened: its spots run side by side
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(frames[0])), (1920, 1080)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    inputs = [*map(str, cars + frames), str(big)]
+    for jobs in (1, 3):
+        assert main([*inputs, "-o", str(tmp_path / f"jobs{jobs}"), "--jobs", str(jobs)]) == EXIT_OK
+    for path in (tmp_path / "jobs1").iterdir():
+        assert path.read_bytes() == (tmp_path / "jobs3" / path.name).read_bytes(), path.name
