@@ -527,7 +527,7 @@ def _plate_that_crashes_in_onnxruntime():
     broken = copy.copy(get_detector("face"))
     broken.card = _plate_card()
     broken.network = copy.copy(broken.network)
-    broken.network.session = _Exploding()
+    broken.network.session = broken.network.wide = _Exploding()
     return broken
 
 
