@@ -131,3 +131,18 @@ def test_images_in_flight_do_not_change_the_outputs(shared_data, tmp_path):
         assert main([*inputs, "-o", str(tmp_path / f"jobs{jobs}"), "--jobs", str(jobs)]) == EXIT_OK
     for path in (tmp_path / "jobs1").iterdir():
         assert path.read_bytes() == (tmp_path / "jobs3" / path.name).read_bytes(), path.name
+
+
+def test_eval_can_look_at_the_set_as_a_camera_of_another_resolution(shared_data, tmp_path, capsys):
+    """--resize: images and labels scaled alike (1280x720 dashcam frames as 1080p frames)."""
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(list(range(1, 9))))
+    folder = shared_data / "plates" / "romania-dashcam"
+    runs = {}
+    for size in (None, "1920x1080"):
+        extra = ["--resize", size] if size else []
+        assert main(["eval", str(folder), "--ids", str(ids), "--targets", "plate", "--json", *extra]) == EXIT_OK
+        runs[size] = json.loads(capsys.readouterr().out)["results"]["plate"]
+    assert runs[None]["objects"] == runs["1920x1080"]["objects"] > 0
+    assert runs["1920x1080"]["recall@0.5"] >= 0.5  # the labels moved with the pixels
+    assert main(["eval", str(folder), "--ids", str(ids), "--resize", "wide"]) == EXIT_USAGE

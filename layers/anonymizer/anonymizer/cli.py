@@ -134,6 +134,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unmatched", type=Path, metavar="DIR", help="write crops of unmatched detections and missed objects here"
     )
+    parser.add_argument(
+        "--resize", metavar="WxH", help="evaluate every image resized to this size, labels along (e.g. 1920x1080)"
+    )
     _add_option_flags(parser, effects=False)
     return parser
 
@@ -253,7 +256,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return _exit_code(ok, failed)
 
 
-def _crop_writer(folder: Path):
+def _crop_writer(folder: Path, load):
     """Crops (with context, score in the name) of false positives and misses, for auditing by eye."""
     import cv2
 
@@ -262,7 +265,7 @@ def _crop_writer(folder: Path):
     def write(truth, label: str, false_positives: list, missed) -> None:
         if not false_positives and not len(missed):
             return
-        image = _imread(truth.path)
+        image = load(truth)
         boxes = [(f"fp-{d.score:.2f}", d.box) for d in false_positives] + [("missed", b) for b in missed]
         for k, (kind, (x1, y1, x2, y2)) in enumerate(boxes):
             ox, oy = max(0, int(x1 - (x2 - x1) / 2)), max(0, int(y1 - (y2 - y1)))
@@ -286,6 +289,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             data = data[key]
         ids = data
     truths = load_coco(args.coco_dir, ids)
+    load = lambda truth: _imread(truth.path)  # noqa: E731
+    if args.resize:  # as a camera of that resolution would give the scene
+        truths, load = _resized(truths, args.resize)
     labels = [t for t in options.targets if any(t in truth.boxes for truth in truths)]
     if not labels:
         raise InvalidOptionsError(f"{args.coco_dir} has no objects of the chosen targets {options.targets}")
@@ -296,10 +302,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = evaluate(
         truths,
-        lambda truth: anonymizer.detect_pixels(_imread(truth.path), options, floor),
+        lambda truth: anonymizer.detect_pixels(load(truth), options, floor),
         labels,
         thresholds,
-        _crop_writer(args.unmatched) if args.unmatched else None,
+        _crop_writer(args.unmatched, load) if args.unmatched else None,
     )
     seconds = time.perf_counter() - started
     if args.json:
@@ -311,6 +317,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{label:<6} {r['objects']:>7} {r['threshold']:>5.2f} {r['recall@0.5']:>6.3f} {r['recall@0.3']:>6.3f} "
               f"{r['precision@0.5']:>6.3f} {r['AP50']:>6.3f}")  # fmt: skip
     return EXIT_OK
+
+
+def _resized(truths: list, size: str):
+    """Truths with their boxes scaled to ``WxH``, and the loader that resizes their images alike."""
+    import dataclasses
+
+    import cv2
+    import numpy as np
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError as exc:
+        raise InvalidOptionsError(f"--resize wants WIDTHxHEIGHT, got {size!r}") from exc
+    if not (16 <= width <= 10000 and 16 <= height <= 10000):
+        raise InvalidOptionsError(f"--resize {size}: each side must be 16 to 10000 px")
+    scaled = []
+    for t in truths:
+        factors = np.array([width / t.width, height / t.height] * 2, np.float32)
+        boxes = {label: b * factors for label, b in t.boxes.items()}
+        scaled.append(dataclasses.replace(t, width=width, height=height, boxes=boxes))
+
+    def load(truth):
+        image = _imread(truth.path)
+        shrink = width * height < image.shape[0] * image.shape[1]
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    return scaled, load
 
 
 def _cmd_local_run(args: argparse.Namespace) -> int:
