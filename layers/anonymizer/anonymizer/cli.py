@@ -289,7 +289,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             data = data[key]
         ids = data
     truths = load_coco(args.coco_dir, ids)
-    load = lambda truth: _imread(truth.path)  # noqa: E731
+
+    def load(truth):
+        return _imread(truth.path)
+
     if args.resize:  # as a camera of that resolution would give the scene
         truths, load = _resized(truths, args.resize)
     labels = [t for t in options.targets if any(t in truth.boxes for truth in truths)]
@@ -349,10 +352,7 @@ def _resized(truths: list, size: str):
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from .aws.local import run_local_s3_flow
 
-    values = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        values[key] = value
+    values = parse_settings(args.set)
     parse_options(values)  # fail early, before a server starts
     # prints one line per object
     summary = run_local_s3_flow([Path(item) for item in args.inputs], args.output, values or None)

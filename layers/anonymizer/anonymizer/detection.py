@@ -210,12 +210,12 @@ def run_plan(
             if not p.screened:
                 found[k].append((boxes, scores))
                 continue
-            spots = screened_spots(heads[k][0][0][0, 0], heads[k][1], boxes, scores, cards[k], q, p)
+            whole = seen_whole(boxes, cards[k], q)
+            spots = screened_spots(heads[k], boxes[whole & (scores >= SCREEN_SURE)], cards[k], q, p)
             if run_cost(spots) >= run_cost([p]):  # crowded: the whole pass costs less than its spots
                 spots = [replace(p, screened=False)]
-            else:  # objects the screening run saw whole
-                big = boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * cards[k].min_detectable / q.scale
-                found[k].append((boxes[big], scores[big]))
+            else:
+                found[k].append((boxes[whole], scores[whole]))
             for r in spots:
                 second.setdefault(r, []).append(k)
                 outer[r] = p
@@ -228,22 +228,18 @@ def run_plan(
     return found
 
 
-def screened_spots(
-    heatmap: np.ndarray,
-    sizes: tuple[int, int, int, int],
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    card: ModelCard,
-    screen: Pass,
-    p: Pass,
-) -> list[Pass]:
-    """The full-scale passes a screening run asks for: its hot cells, less those of objects it
-    found whole and sure (they need no second look)."""
-    _, _, nw, nh = sizes
-    hot = heatmap[: math.ceil(nh / STRIDE), : math.ceil(nw / STRIDE)] >= card.screen_threshold
+def seen_whole(boxes: np.ndarray, card: ModelCard, screen: Pass) -> np.ndarray:
+    """Boxes of a screening run big enough (``SCREEN_TRUST`` x the smallest detectable) to be taken as they are."""
+    return boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * card.min_detectable / screen.scale
+
+
+def screened_spots(heads: Heads, sure: np.ndarray, card: ModelCard, screen: Pass, p: Pass) -> list[Pass]:
+    """The full-scale passes a screening run asks for: its hot cells, less those inside the
+    ``sure`` boxes (objects it found whole and sure need no second look)."""
+    (heatmap, *_), (_, _, nw, nh) = heads
+    hot = heatmap[0, 0, : math.ceil(nh / STRIDE), : math.ceil(nw / STRIDE)] >= card.screen_threshold
     cell = STRIDE / screen.scale  # image px per heatmap cell
-    sure = (boxes[:, 2] - boxes[:, 0] >= SCREEN_TRUST * card.min_detectable / screen.scale) & (scores >= SCREEN_SURE)
-    for x0, y0, x1, y1 in boxes[sure]:
+    for x0, y0, x1, y1 in sure:
         hot[
             int((y0 - p.y0) / cell) : math.ceil((y1 - p.y0) / cell),
             int((x0 - p.x0) / cell) : math.ceil((x1 - p.x0) / cell),

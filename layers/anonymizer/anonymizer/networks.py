@@ -83,9 +83,8 @@ class Network:
         The returned call waits for the outputs, so several networks' inputs started before any
         is awaited share the cores.
         """
-        wide = [len(blobs) == 1 or blob.shape[2] * blob.shape[3] >= WIDE_MIN_PIXELS for blob in blobs]
-        if self.workers == 1:
-            wide = [True] * len(blobs)
+        alone = self.workers == 1 or len(blobs) == 1
+        wide = [alone or blob.shape[2] * blob.shape[3] >= WIDE_MIN_PIXELS for blob in blobs]
         order = sorted(range(len(blobs)), key=lambda i: -blobs[i].size)  # biggest first: no long tail
         pending = {
             i: _pool(self.workers).submit(self._run, self.session, names, blobs[i]) for i in order if not wide[i]
