@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -76,6 +76,9 @@ class EffectSpec:
     blocks: int = 8  # pixelate: mosaic blocks across the region's longer side
     color: tuple[int, int, int] = (0, 0, 0)  # fill colour (and logo background), RGB
     logo: np.ndarray | None = None  # logo: BGRA uint8 (PNG with alpha)
+    # video: one secret seed per track replaces the region's pixel hash, so the noise and the
+    # warp field stay put from frame to frame (a shimmering field would reveal the shape)
+    seed: bytes | None = field(default=None, repr=False)
 
 
 def validate_spec(spec: EffectSpec) -> None:
@@ -226,6 +229,10 @@ def _seeded_rng(crop: np.ndarray, spec: EffectSpec, purpose: str) -> np.random.G
     The purpose keeps independent draws (noise, warp field) independent of each other's order.
     """
     h = hashlib.blake2b(digest_size=16)
+    if spec.seed is not None:  # video track: the same draws on every frame, whatever the box size
+        h.update(repr((purpose, spec.name, float(spec.strength))).encode())
+        h.update(spec.seed)
+        return np.random.default_rng(int.from_bytes(h.digest(), "little"))
     h.update(repr((purpose, crop.shape, spec.name, float(spec.strength))).encode())
     h.update(np.ascontiguousarray(crop).tobytes())
     return np.random.default_rng(int.from_bytes(h.digest(), "little"))

@@ -1,0 +1,296 @@
+"""Video decode and encode with PyAV: frames upright in BGR, H.264/MP4 out, audio kept or dropped.
+
+Privacy: nothing of the input container reaches the output except the video frames (re-encoded)
+and, with ``audio="keep"``, the audio packets copied unchanged. Container and stream tags (GPS
+``location``/``©xyz``, make, model, creation time, handler names), chapters, subtitles and data
+streams are never copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidImageError, InvalidOptionsError, UnsupportedImageError
+
+AUDIO_MODES = ("keep", "drop")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+DEFAULT_CRF = 20  # x264 constant rate factor: visually close to the input at typical bitrates
+DEFAULT_PRESET = "veryfast"  # encoding is a small share of the time next to detection
+
+
+class InvalidVideoError(InvalidImageError):
+    """Not a video, or no decodable video stream."""
+
+    code = "invalid_video"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says, before decoding any frame."""
+
+    width: int  # as displayed (rotation applied)
+    height: int
+    frames: int | None  # from the container; None when it does not say
+    fps: float
+    duration: float | None  # seconds
+    codec: str
+    rotation: int  # degrees the stored frames are turned to be shown upright (0, 90, 180, 270)
+    has_audio: bool
+    audio_codec: str | None
+
+
+@dataclass
+class Frame:
+    """One decoded frame, upright, with its presentation time in the video stream's time base."""
+
+    index: int
+    pts: int
+    pixels: np.ndarray  # H x W x 3 uint8 BGR
+
+
+def sniff_video(head: bytes) -> bool:
+    """True when the first bytes look like a video container we accept (MP4/MOV, Matroska/WebM, AVI)."""
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return True
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
+        return True
+    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
+
+
+def _open(path: str | Path):
+    import av
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FileNotFoundError as exc:
+        raise InvalidVideoError(f"no such file: {path}") from exc
+    except (av.error.FFmpegError, ValueError) as exc:  # not a container FFmpeg can read
+        raise InvalidVideoError("not a video file we can read") from exc
+    if not container.streams.video:
+        container.close()
+        raise InvalidVideoError("the file has no video stream")
+    return container
+
+
+def _rotation(stream, first_frame=None) -> int:
+    """Clockwise degrees to turn stored frames to show them upright (display matrix side data)."""
+    rot = None
+    if first_frame is not None:
+        rot = getattr(first_frame, "rotation", None)
+    if rot is None:
+        rot = int(stream.metadata.get("rotate", 0) or 0) if hasattr(stream, "metadata") else 0
+        return rot % 360
+    # PyAV reports the display matrix rotation counter-clockwise
+    return (-int(round(rot))) % 360
+
+
+def _upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 90:
+        return np.ascontiguousarray(np.rot90(pixels, -1))
+    if rotation == 180:
+        return np.ascontiguousarray(pixels[::-1, ::-1])
+    if rotation == 270:
+        return np.ascontiguousarray(np.rot90(pixels, 1))
+    return pixels
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Header facts plus the first frame's rotation (decodes one frame)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        first = next(container.decode(stream), None)
+        if first is None:
+            raise InvalidVideoError("the video stream has no decodable frame")
+        rotation = _rotation(stream, first)
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        audio = container.streams.audio[0] if container.streams.audio else None
+        return VideoInfo(
+            width=width,
+            height=height,
+            frames=stream.frames or None,
+            fps=fps,
+            duration=duration,
+            codec=stream.codec_context.name,
+            rotation=rotation,
+            has_audio=audio is not None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+        )
+    finally:
+        container.close()
+
+
+def read_frames(path: str | Path, *, start_pts: int | None = None) -> Iterator[Frame]:
+    """Every frame of the first video stream, upright, BGR, in presentation order.
+
+    Memory: one decoded frame at a time (plus the decoder's own reference frames).
+    """
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rotation = None
+        index = 0
+        last_pts = -1
+        tb = stream.time_base or Fraction(1, 1000)
+        step = max(1, round(1 / (float(stream.average_rate or 25) * tb)))
+        try:
+            for frame in container.decode(stream):
+                if rotation is None:
+                    rotation = _rotation(stream, frame)
+                pts = frame.pts if frame.pts is not None else last_pts + step
+                last_pts = pts
+                if start_pts is not None and pts < start_pts:
+                    continue
+                yield Frame(index, pts, _upright(frame.to_ndarray(format="bgr24"), rotation))
+                index += 1
+        except av.error.FFmpegError as exc:
+            raise InvalidVideoError(f"the video stream is corrupt after frame {index}") from exc
+    finally:
+        container.close()
+
+
+class VideoWriter:
+    """H.264 (x264, yuv420p) in MP4 with ``+faststart``; timestamps copied from the input.
+
+    Audio (``audio="keep"``) is copied packet by packet from ``audio_source`` and interleaved
+    with the video as it is written, so nothing accumulates in memory.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        width: int,
+        height: int,
+        time_base: Fraction,
+        fps: float,
+        audio_source: str | Path | None = None,
+        audio: str = "keep",
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+    ):
+        import av
+
+        if audio not in AUDIO_MODES:
+            raise InvalidOptionsError(f"audio must be one of {', '.join(AUDIO_MODES)}")
+        self._out = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        self._width, self._height = width, height
+        self._enc_w, self._enc_h = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        self._video = self._out.add_stream("libx264", rate=rate)
+        self._video.width, self._video.height = self._enc_w, self._enc_h
+        self._video.pix_fmt = "yuv420p"
+        self._video.time_base = time_base
+        self._video.codec_context.time_base = time_base
+        self._video.options = {"crf": str(crf), "preset": preset}
+        self._time_base = time_base
+        self._audio_in = None
+        self._audio_packets: Iterator | None = None
+        self._pending = None
+        if audio == "keep" and audio_source is not None:
+            src = av.open(str(audio_source), metadata_errors="ignore")
+            if src.streams.audio:
+                in_audio = src.streams.audio[0]
+                self._audio_in = src
+                self._audio = self._out.add_stream_from_template(in_audio)
+                self._audio.metadata.clear()
+                self._audio_packets = (p for p in src.demux(in_audio) if p.dts is not None)
+            else:
+                src.close()
+        self._out.metadata.clear()
+        self.frames = 0
+
+    def write(self, pixels: np.ndarray, pts: int) -> None:
+        import av
+
+        if pixels.shape[:2] != (self._height, self._width):
+            raise ValueError("frame size changed within the video")
+        if (self._enc_w, self._enc_h) != (self._width, self._height):
+            pixels = np.pad(pixels, ((0, self._enc_h - self._height), (0, self._enc_w - self._width), (0, 0)), "edge")
+        frame = av.VideoFrame.from_ndarray(pixels, format="bgr24")
+        frame.pts = pts
+        frame.time_base = self._time_base
+        for packet in self._video.encode(frame):
+            self._mux_audio_until(packet)
+            self._out.mux(packet)
+        self.frames += 1
+
+    def _mux_audio_until(self, packet) -> None:
+        """Audio packets up to the video packet's time, so the muxer interleaves without buffering."""
+        if self._audio_packets is None:
+            return
+        limit = math.inf if packet is None else float((packet.dts or 0) * packet.time_base)
+        while True:
+            if self._pending is None:
+                self._pending = next(self._audio_packets, None)
+                if self._pending is None:
+                    self._audio_packets = None
+                    return
+            p = self._pending
+            if float(p.dts * p.time_base) > limit:
+                return
+            p.stream = self._audio
+            self._out.mux(p)
+            self._pending = None
+
+    def close(self) -> None:
+        """Flush the encoder and the remaining audio, write the index (moov first)."""
+        try:
+            for packet in self._video.encode(None):
+                self._mux_audio_until(packet)
+                self._out.mux(packet)
+            self._mux_audio_until(None)
+        finally:
+            self._out.close()
+            if self._audio_in is not None:
+                self._audio_in.close()
+
+    def abort(self) -> None:
+        """Close without flushing (the caller deletes the partial file)."""
+        with contextlib.suppress(Exception):  # the file is discarded anyway
+            self._out.close()
+        if self._audio_in is not None:
+            self._audio_in.close()
+
+
+def stream_time_base(path: str | Path) -> Fraction:
+    container = _open(path)
+    try:
+        return container.streams.video[0].time_base or Fraction(1, 1000)
+    finally:
+        container.close()
+
+
+def container_tags(path: str | Path) -> dict[str, str]:
+    """Every tag of the container and its streams, as ``scope:key -> value`` (for checks and tests)."""
+    container = _open(path)
+    try:
+        tags = {f"container:{k}": v for k, v in container.metadata.items()}
+        for stream in container.streams:
+            tags.update({f"stream{stream.index}:{k}": v for k, v in stream.metadata.items()})
+        return tags
+    finally:
+        container.close()
+
+
+def check_supported(info: VideoInfo) -> None:
+    if info.width < 16 or info.height < 16:
+        raise UnsupportedImageError("video frames are smaller than 16 x 16")

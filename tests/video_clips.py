@@ -1,0 +1,96 @@
+"""Synthetic clips for the video tests: frames we choose, a sine tone, phone-like tags."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+PHONE_TAGS = {
+    "location": "+48.8584+002.2945/",
+    "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
+    "com.apple.quicktime.make": "Apple",
+    "com.apple.quicktime.model": "iPhone 15",
+    "make": "Apple",
+    "model": "iPhone 15",
+    "creation_time": "2025-06-01T10:00:00.000000Z",
+}
+
+
+def write_clip(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = 25,
+    audio: bool = True,
+    tags: dict[str, str] | None = None,
+    fmt: str = "mov",
+    codec: str = "libx264",
+    gop: int = 25,
+) -> Path:
+    """Encode BGR frames (and a 440 Hz AAC tone as long as the frames) into ``path``."""
+    import av
+
+    out = av.open(str(path), mode="w", format=fmt, options={"movflags": "use_metadata_tags"} if fmt == "mov" else {})
+    for key, value in (tags or {}).items():
+        out.metadata[key] = value
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    video = out.add_stream(codec, rate=fps)
+    video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+    video.codec_context.gop_size = gop
+    if tags:
+        video.metadata["handler_name"] = "Core Media Video"
+    astream = None
+    if audio:
+        astream = out.add_stream("aac", rate=48000)
+        astream.layout = "mono"
+    for i, pixels in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="bgr24")
+        frame.pts = i
+        frame.time_base = Fraction(1, fps)
+        for packet in video.encode(frame):
+            out.mux(packet)
+    for packet in video.encode(None):
+        out.mux(packet)
+    if astream is not None:
+        total = int(48000 * len(frames) / fps)
+        t = np.arange(total) / 48000
+        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        for start in range(0, total, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[:, start : start + 1024].copy(), format="fltp", layout="mono")
+            chunk.sample_rate = 48000
+            chunk.pts = start
+            for packet in astream.encode(chunk):
+                out.mux(packet)
+        for packet in astream.encode(None):
+            out.mux(packet)
+    out.close()
+    return path
+
+
+def stream_packets(path: Path, kind: str) -> list[bytes]:
+    """The payload of every packet of the first stream of ``kind`` ("audio"/"video")."""
+    import av
+
+    with av.open(str(path)) as container:
+        streams = getattr(container.streams, kind)
+        if not streams:
+            return []
+        return [bytes(p) for p in container.demux(streams[0]) if p.size]
+
+
+def count_frames(path: Path) -> tuple[int, float]:
+    """Decode to the end: (frames, duration in seconds from the last frame's end)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        n, last = 0, 0
+        for frame in container.decode(stream):
+            n += 1
+            last = frame.pts
+        rate = float(stream.average_rate or stream.guessed_rate)
+        return n, float(last * stream.time_base) + 1.0 / rate
