@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import AnonymizerError, InvalidOptionsError
-from .options import Options, parse_options, parse_settings
+from .options import OPTIONS, Options, OptionSpec, cli_flag, options_from_env, parse_options, parse_settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 SUFFIX_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
@@ -48,57 +49,67 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_option_flags(parser: argparse.ArgumentParser, effects: bool = True) -> None:
-    parser.add_argument("--targets", help="comma-separated: face,plate (default: both)")
-    parser.add_argument("--threshold", help="detection threshold for every target (default: per model)")
-    parser.add_argument("--face-threshold")
-    parser.add_argument("--plate-threshold")
-    if not effects:
-        return
-    parser.add_argument("--effect", help="blur | pixelate | fill | logo | deform (default: blur)")
-    parser.add_argument("--face-effect")
-    parser.add_argument("--plate-effect")
-    parser.add_argument("--margin", help="enlarge each box by this fraction of its size (faces 0.15, plates 0.1)")
-    parser.add_argument("--shape", help="ellipse | box (default: ellipse for faces, box for plates)")
-    parser.add_argument("--strength", help="effect strength multiplier, 1..5")
-    parser.add_argument("--blocks", help="pixelate: mosaic blocks across a region, 2..8")
-    parser.add_argument("--color", help="fill colour, #RRGGBB")
-    parser.add_argument("--logo", type=Path, help="PNG (with alpha) for --effect logo")
-    parser.add_argument("--format", help="output format (default: as the input)")
-    parser.add_argument("--quality", help="JPEG/WebP quality 1..100 (default: as the input)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any option, e.g. face.blocks=6"
-    )
+    """One flag per key of the option table (``--face-min-size`` ...); detect/eval get the detection ones."""
+    group = parser.add_argument_group("options (also --set KEY=VALUE and ANONYMIZER_<KEY> environment defaults)")
+    for spec in OPTIONS:
+        if not (effects or spec.detection):
+            continue
+        for key in spec.flat_keys():
+            if "." in key:
+                text = (
+                    argparse.SUPPRESS if spec.key not in _SHOWN_PER_TARGET else f"{spec.key} for {key.split('.')[0]}s"
+                )
+            else:
+                text = spec.help + _range_text(spec)
+            group.add_argument(cli_flag(key), dest=_dest(key), metavar=_metavar(spec), help=text)
+    if effects:
+        group.add_argument("--logo", type=Path, help="PNG (with alpha) for --effect logo")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option, e.g. face.blocks=6")
+
+
+_SHOWN_PER_TARGET = ("effect", "threshold", "min_size")  # the others' per-target flags work but stay out of --help
+
+
+def _dest(key: str) -> str:
+    return "option:" + key
+
+
+def _metavar(spec: OptionSpec) -> str:
+    return "|".join(spec.choices) if spec.type == "string" and spec.choices else spec.key.upper()
+
+
+def _range_text(spec: OptionSpec) -> str:
+    if spec.minimum is not None:
+        return f" [{spec.minimum:g}..{spec.maximum:g}]"
+    return ""
 
 
 def _options_from_args(args: argparse.Namespace) -> Options:
-    values = {}
-    for key in (
-        "targets",
-        "threshold",
-        "effect",
-        "margin",
-        "shape",
-        "strength",
-        "blocks",
-        "color",
-        "format",
-        "quality",
-    ):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    for target in ("face", "plate"):
-        for key in ("threshold", "effect"):
-            value = getattr(args, f"{target}_{key}", None)
-            if value is not None:
-                values[f"{target}.{key}"] = value
+    """Environment defaults (ANONYMIZER_*), then the flags, then --set; the logo file is checked here."""
+    values = {key[len("option:") :]: v for key, v in vars(args).items() if key.startswith("option:") and v is not None}
     values.update(parse_settings(getattr(args, "set", [])))
     logo = None
     if getattr(args, "logo", None):
-        try:
-            logo = args.logo.read_bytes()
-        except OSError as exc:
-            raise InvalidOptionsError(f"cannot read logo {args.logo}: {exc.strerror}") from None
-    return parse_options(values, logo=logo)
+        logo = _read_logo(args.logo)
+    options = parse_options(values, logo=logo, defaults=options_from_env(os.environ))
+    if logo is not None and not any(options.for_target(t).effect == "logo" for t in options.targets):
+        raise InvalidOptionsError("--logo is only used with --effect logo (or --face-effect/--plate-effect logo)")
+    return options
+
+
+def _read_logo(path: Path) -> bytes:
+    """The logo's bytes, refused up front (exit 2) unless they are a PNG with an alpha channel."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidOptionsError(f"cannot read logo {path}: {exc.strerror}") from None
+    from .effects import load_logo
+
+    try:
+        load_logo(data)  # the library's own check, once, instead of a failure per image
+    except InvalidOptionsError as exc:
+        raise InvalidOptionsError(f"--logo {path}: {exc}") from None
+    return data
 
 
 def _run_parser() -> argparse.ArgumentParser:

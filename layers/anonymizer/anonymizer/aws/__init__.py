@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "DEPLOYMENT_ONLY_OPTIONS",
     "get_anonymizer",
     "report_counts",
     "report_models",
@@ -98,21 +97,20 @@ def report_models(report: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
-# Options that only the deployment may set (ANONYMIZER_* environment), never a request or an
-# uploaded object: the pixel budget protects the function's memory.
-DEPLOYMENT_ONLY_OPTIONS = frozenset({"max_pixels"})
-
-
 def request_option_values(values: Mapping[str, str] | None, source: str = "request") -> dict[str, str]:
-    """A request's flat option map with deployment-only keys refused (InvalidOptionsError)."""
+    """A request's flat option map with deployment-only keys refused (InvalidOptionsError).
+
+    Which keys only the deployment may set (ANONYMIZER_* environment) is the option table's
+    ``deployment_only`` column: the pixel budget protects the function's memory.
+    """
     from ..errors import InvalidOptionsError
+    from ..options import SPECS, env_name, normalize_key
 
     out = {}
     for key, value in (values or {}).items():
-        norm = str(key).strip().lower().replace("-", "_")
-        if norm.rpartition(".")[2] in DEPLOYMENT_ONLY_OPTIONS:
-            raise InvalidOptionsError(
-                f"{key} cannot be set by the {source}; the deployment sets it (ANONYMIZER_{norm.upper()})"
-            )
+        norm = normalize_key(key)
+        spec = SPECS.get(norm.rpartition(".")[2])
+        if spec is not None and spec.deployment_only:
+            raise InvalidOptionsError(f"{key} cannot be set by the {source}; the deployment sets it ({env_name(norm)})")
         out[norm] = str(value)
     return out
