@@ -38,7 +38,7 @@ from ..errors import (
     InvalidOptionsError,
     UnsupportedImageError,
 )
-from ..options import EFFECTS, OUTPUT_FORMATS, SHAPES, Options, options_from_env, parse_options
+from ..options import OUTPUT_FORMATS, Options, openapi_parameters, options_from_env, parse_options
 from . import report_counts, request_option_values
 from .s3_flow import REPORT_SUFFIX
 from .storage import DEFAULT_MAX_OBJECT_BYTES, S3Storage, option_metadata
@@ -319,20 +319,9 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
     def err(description: str) -> dict:
         return {"description": description, "content": {JSON: {"schema": error}}}
 
-    option_params = [
-        _param("targets", "Comma-separated subset of face,plate.", {"type": "string", "example": "face,plate"}),
-        _param("effect", "Effect for every target.", {"type": "string", "enum": list(EFFECTS)}),
-        _param("face.effect", "Effect for faces (overrides effect).", {"type": "string", "enum": list(EFFECTS)}),
-        _param("plate.effect", "Effect for plates.", {"type": "string", "enum": list(EFFECTS)}),
-        _param("threshold", "Detection threshold (default: the model's).", {"type": "number"}),
-        _param("min_size", "Smallest object to find, in pixels (default: the model's).", {"type": "number"}),
-        _param("margin", "Box enlargement, fraction of its size.", {"type": "number"}),
-        _param("shape", "Mask shape.", {"type": "string", "enum": list(SHAPES)}),
-        _param("strength", "Effect strength multiplier.", {"type": "number"}),
-        _param("blocks", "Pixelate: blocks across the region.", {"type": "integer"}),
-        _param("color", "Fill colour, #RRGGBB.", {"type": "string"}),
-        _param("quality", "JPEG/WebP output quality.", {"type": "integer"}),
-    ]
+    # Derived from the option table (every key, per-target spellings included) so it cannot drift;
+    # format is declared below with its extra `json` value.
+    option_params = [p for p in openapi_parameters() if p["name"] != "format"]
     format_param = _param(
         "format",
         "Output format, or `json` for the detections report instead of the image.",

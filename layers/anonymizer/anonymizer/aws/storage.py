@@ -21,9 +21,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..errors import ImageTooLargeError
+from ..options import METADATA_PREFIX, metadata_key, normalize_key
 
 DEFAULT_MAX_OBJECT_BYTES = 50 * 1024 * 1024
-OPTION_PREFIX = "anonymize-"
+OPTION_PREFIX = METADATA_PREFIX  # spelled by the option table (anonymizer.options)
 MAX_TAGS = 10  # S3 allows at most 10 tags per object
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 
@@ -85,22 +86,13 @@ def object_option_values(metadata: Mapping[str, str] | None, tags: Mapping[str, 
 
 def option_key(name: str) -> str:
     """``face-effect`` / ``face_effect`` / ``face.effect`` -> ``face.effect``; ``max-pixels`` -> ``max_pixels``."""
-    name = name.strip().lower().replace("_", "-")
-    for target in ("face", "plate"):
-        for sep in ("-", "."):
-            if name.startswith(target + sep):
-                return f"{target}.{name[len(target) + 1 :].replace('-', '_')}"
-    return name.replace("-", "_")
+    return normalize_key(name)
 
 
 def option_metadata(values: Mapping[str, str]) -> dict[str, str]:
     """The inverse of :func:`object_option_values`: ``{"face.effect": "blur"}`` ->
     ``{"anonymize-face-effect": "blur"}`` (metadata keys without the ``x-amz-meta-`` prefix)."""
-    out = {}
-    for key, value in values.items():
-        name = str(key).strip().lower().replace(".", "-").replace("_", "-")
-        out[OPTION_PREFIX + name] = str(value)
-    return out
+    return {metadata_key(normalize_key(key)): str(value) for key, value in values.items()}
 
 
 class S3Storage:
