@@ -94,3 +94,70 @@ def count_frames(path: Path) -> tuple[int, float]:
             last = frame.pts
         rate = float(stream.average_rate or stream.guessed_rate)
         return n, float(last * stream.time_base) + 1.0 / rate
+
+
+def pan_zoom(
+    image: np.ndarray,
+    objects: list[tuple[str, tuple[float, float, float, float]]],
+    *,
+    frames: int,
+    size: tuple[int, int],
+    start: tuple[float, float, float],
+    end: tuple[float, float, float],
+    shake: Iterable[int] = (),
+) -> tuple[list[np.ndarray], list[list[tuple[int, str, tuple[float, float, float, float]]]]]:
+    """A virtual camera moving over a labelled photo: every frame's boxes are known exactly.
+
+    ``start``/``end``: (centre x, centre y, window width) in photo pixels, interpolated
+    linearly (a pan and a zoom); the window has the aspect of ``size``. Frames in ``shake``
+    get a strong motion blur (a camera shake: where detectors blink). Labels per frame are
+    ``(object id, label, box)`` for objects at least half inside the frame, clipped to it.
+    """
+    import cv2
+
+    w, h = size
+    out, labels = [], []
+    shake = set(shake)
+    for i in range(frames):
+        t = i / max(1, frames - 1)
+        cx, cy, ww = (a + (b - a) * t for a, b in zip(start, end, strict=True))
+        s = w / ww
+        m = np.float32([[s, 0, w / 2 - cx * s], [0, s, h / 2 - cy * s]])
+        frame = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if i in shake:
+            kernel = np.zeros((15, 15), np.float32)
+            kernel[7, :] = 1 / 15
+            frame = cv2.filter2D(frame, -1, kernel)
+        out.append(frame)
+        here = []
+        for oid, (label, (x1, y1, x2, y2)) in enumerate(objects):
+            bx1, by1 = x1 * s + m[0, 2], y1 * s + m[1, 2]
+            bx2, by2 = x2 * s + m[0, 2], y2 * s + m[1, 2]
+            cx1, cy1, cx2, cy2 = max(0, bx1), max(0, by1), min(w, bx2), min(h, by2)
+            if cx2 <= cx1 or cy2 <= cy1 or (cx2 - cx1) * (cy2 - cy1) < 0.5 * (bx2 - bx1) * (by2 - by1):
+                continue
+            here.append((oid, label, (cx1, cy1, cx2, cy2)))
+        labels.append(here)
+    return out, labels
+
+
+def coco_objects(
+    folder: Path, file_name: str
+) -> tuple[np.ndarray, list[tuple[str, tuple[float, float, float, float]]]]:
+    """A labelled photo of a COCO set: BGR pixels and (label, x1 y1 x2 y2) per box."""
+    import json
+
+    import cv2
+
+    data = json.loads((folder / "annotations.json").read_text())
+    image = next(i for i in data["images"] if i["file_name"] == file_name)
+    names = {1: "face", 2: "plate"}
+    objects = [
+        (
+            names[a["category_id"]],
+            (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]),
+        )
+        for a in data["annotations"]
+        if a["image_id"] == image["id"]
+    ]
+    return cv2.imread(str(folder / file_name)), objects

@@ -25,6 +25,7 @@ class TrackSettings:
     """How detections become tracks. Frames are counted at the video's frame rate."""
 
     match_iou: float = 0.2  # least IoU between a track's predicted box and a detection
+    max_jump: float = 0.8  # ... or a centre this many box sizes away per frame (same size)
     max_gap: int = 12  # frames a track may go undetected and still be linked (and filled)
     pad: int = 6  # frames covered before the first and after the last detection
     low_factor: float = 0.5  # track threshold = operating threshold x this
@@ -96,13 +97,15 @@ class Tracker:
         """Link this frame's ``(label, score, box)`` detections; returns the tracks that ended
         (undetected for more than ``max_gap`` frames), so a caller can let go of them."""
         dets = list(detections)
+        ended = [t for t in self._active if frame - t.last > self.settings.max_gap]
+        self._active = [t for t in self._active if frame - t.last <= self.settings.max_gap]
         pairs = []
         for ti, track in enumerate(self._active):
             predicted = track.predict(frame)
             for di, (label, _, box) in enumerate(dets):
                 if label == track.label:
                     overlap = iou(predicted, box)
-                    if overlap >= self.settings.match_iou:
+                    if overlap >= self.settings.match_iou or self._near(predicted, box, frame - track.last):
                         pairs.append((overlap, ti, di))
         pairs.sort(reverse=True)
         used_t, used_d = set(), set()
@@ -121,9 +124,17 @@ class Tracker:
                 track = Track(self._next_id, label, [frame], [tuple(float(v) for v in box)], [float(score)])
                 self._next_id += 1
                 self._active.append(track)
-        ended = [t for t in self._active if frame - t.last > self.settings.max_gap]
-        self._active = [t for t in self._active if frame - t.last <= self.settings.max_gap]
         return ended
+
+    def _near(self, a: Box, b: Box, frames: int) -> bool:
+        """A fast object whose boxes no longer overlap (before its velocity is known): a centre
+        within ``max_jump`` box sizes per frame and a similar size."""
+        sa, sb = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
+        if min(sa, sb) <= 0 or max(sa, sb) > 1.5 * min(sa, sb):
+            return False
+        dx = (a[0] + a[2] - b[0] - b[2]) / 2
+        dy = (a[1] + a[3] - b[1] - b[3]) / 2
+        return (dx * dx + dy * dy) ** 0.5 <= self.settings.max_jump * max(sa, sb) * max(1, frames)
 
     def finish(self) -> list[Track]:
         ended, self._active = self._active, []
