@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from video_clips import PHONE_TAGS, count_frames, stream_packets, write_clip
 
 from anonymizer.video import io
-from video_clips import PHONE_TAGS, count_frames, stream_packets, write_clip
 
 av = pytest.importorskip("av")
 
