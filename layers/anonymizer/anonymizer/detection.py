@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import DetectionError
 from .networks import ALIGN, Network
+from .verification import Verifier
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 STRIDE = 4
@@ -62,6 +63,7 @@ class ModelCard:
     screen_threshold: float | None = None  # heatmap level of the screening run that sends a spot to the full pass
     screen_margin: int = 32  # px of network input kept around such a spot (the object and its context)
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
+    verifier: str | None = None  # card of a second-stage classifier that must confirm each box (verification.py)
 
     @classmethod
     def load(cls, label: str, models_dir: Path = MODELS_DIR) -> ModelCard:
@@ -94,6 +96,7 @@ class CenterNetDetector:
     def __init__(self, card: ModelCard, models_dir: Path = MODELS_DIR, threads: int | None = None):
         self.card = card
         self.network = Network(models_dir / card.file, card.sha256, card.label, threads)
+        self.verifier = Verifier.load(models_dir / card.verifier) if card.verifier else None
 
     @property
     def label(self) -> str:
@@ -106,7 +109,7 @@ class CenterNetDetector:
         threshold = self.card.threshold if threshold is None else threshold
         plan = [(p, (self.label,)) for p in self.plan(image.shape[1], image.shape[0], min_size)]
         parts = run_plan(image, plan, self.run_jobs, {self.label: self.card}, {self.label: threshold})
-        return self.finish(parts[self.label], image.shape[1], image.shape[0])
+        return self.verify(image, self.finish(parts[self.label], image.shape[1], image.shape[0]))
 
     def plan(self, width: int, height: int, min_size: float | None = None) -> list[Pass]:
         """The passes that find every object from ``min_size`` px (default: the card's) upwards.
@@ -142,6 +145,13 @@ class CenterNetDetector:
         boxes = self._adjust(boxes, width, height)
         keep = nms(boxes, scores, 0.4)
         return [Detection(self.label, float(scores[i]), tuple(float(v) for v in boxes[i])) for i in keep]
+
+    def verify(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
+        """The detections the card's verifier confirms (all of them when the card names none)."""
+        if self.verifier is None or not detections:
+            return detections
+        accepted = self.verifier.accepts(image, [d.box for d in detections])
+        return [d for d, ok in zip(detections, accepted, strict=True) if ok]
 
     def _adjust(self, boxes: np.ndarray, w: int, h: int) -> np.ndarray:
         """Map the model's box convention to the one our data labels (see the model card)."""
@@ -422,7 +432,7 @@ class SharedTrunkDetector:
         cards = {k: self.members[k].card for k in wanted}
         plan = [(p, tuple(labels)) for p, labels in passes.items()]
         parts = run_plan(image, plan, self.run_jobs, cards, thresholds)
-        found = {k: self.members[k].finish(parts[k], w, h) for k in wanted}
+        found = {k: self.members[k].verify(image, self.members[k].finish(parts[k], w, h)) for k in wanted}
         timings["detect_" + "+".join(wanted)] = elapsed_ms(t0)
         return found
 

@@ -1,0 +1,263 @@
+"""Train the face verifier (a tiny CNN on a crop with context), export ONNX, write its card.
+
+Recipe (the model card face-verifier.md has the figures):
+- positives: the face detector's proposals that hit a labelled face (IoU >= 0.4) on the training
+  half of ``faces/street-masks-dev``, and the labelled faces themselves, each with jittered boxes;
+  plus the real people an audit found in the car photos (``training/car_faces.json``);
+- negatives: the detector's proposals on the training part of the car photos (web-cars, dashcam,
+  openimages-dev), less those audited real faces, and crops around labelled plates. Unmatched
+  proposals on the street photos are NOT used: an audit showed most of those that score >= 0.15
+  are real faces the labels miss;
+- augmentation on the fly: flips, brightness/contrast, grey, blur, down-and-up scaling (small
+  faces), noise;
+- the operating point (detector threshold, verifier threshold) is chosen on the validation parts,
+  never trained on: street-masks odd ids, held-out car photos (``face_verifier_data``).
+
+    python -m training.face_verifier_data          # proposals, cached outside the repository
+    python -m training.train_face_verifier         # crops, training (1 thread, minutes), export, card
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from anonymizer.evaluation import average_precision, match
+
+from .face_verifier_data import CACHE, CAR_SOURCES, audited, label_proposals, load_proposals, near
+
+MODELS = Path(__file__).resolve().parents[1] / "layers" / "anonymizer" / "anonymizer" / "models"
+SIZE = 48  # network input, px
+CONTEXT = 2.0  # crop side / proposal's longer side
+
+
+class TinyVerifier(nn.Module):
+    """Four strided conv blocks and a linear head: ~60k parameters, well under 1 ms per crop."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(chans, chans[1:], strict=False)):
+            layers += [nn.Conv2d(a, b, 3, stride=1 if i == 3 else 2, padding=1, bias=False), nn.BatchNorm2d(b)]
+            layers += [nn.ReLU(inplace=True), nn.Conv2d(b, b, 3, padding=1, groups=b, bias=False), nn.BatchNorm2d(b)]
+            layers += [nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        return self.head(self.features(x - mean).mean((2, 3)))
+
+
+def _key(path: str) -> str:
+    parts = Path(path).parts
+    return "/".join(parts[parts.index("data") + 1 :]).replace("/images/", "/")
+
+
+def jitter(box, rng: np.random.RandomState, amount: float = 0.08) -> list[float]:
+    """A box shifted and scaled a little, as the detector's boxes vary around a face."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    s = np.exp(rng.uniform(-1.5, 1.5) * amount)
+    cx, cy = (x1 + x2) / 2 + rng.uniform(-1, 1) * amount * w, (y1 + y2) / 2 + rng.uniform(-1, 1) * amount * h
+    return [cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2]
+
+
+def build(split: str, cache: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Crops, labels, detector scores and sources of a split (cached as npz)."""
+    from anonymizer.verification import crop_with_context
+
+    out = cache / f"crops_{split}_{SIZE}_{CONTEXT}.npz"
+    if out.exists():
+        return dict(np.load(out))
+    rng = np.random.RandomState(seed)
+    real, unsure = audited("faces"), audited("unsure")
+    crops, labels, scores, sources, ids = [], [], [], [], []
+
+    def add(image, box, label, score, source, rid):
+        crops.append(crop_with_context(image, box, SIZE, CONTEXT))
+        labels.append(label)
+        scores.append(score)
+        sources.append(source)
+        ids.append(rid)
+
+    for source in ("street", *CAR_SOURCES):
+        for rid, rec in enumerate(r for r in load_proposals(source, cache) if r["split"] == split):
+            image = cv2.imread(rec["path"])
+            boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
+            if source == "street":
+                lab = label_proposals(rec)
+                for box, score, label in zip(boxes, rec["scores"], lab, strict=True):
+                    if split == "val":  # every proposal, as it comes: the operating point is chosen on these
+                        add(image, box, int(label), score, source, rid)
+                    elif label == 1:
+                        for _ in range(3):
+                            add(image, jitter(box, rng), 1, score, source, rid)
+                if split == "train":
+                    for face in rec["faces"]:
+                        for _ in range(2):
+                            add(image, jitter(face, rng, 0.12), 1, 1.0, source, rid)
+                continue
+            faces = real.get(_key(rec["path"]), np.zeros((0, 4), np.float32))
+            is_face, doubt = near(boxes, faces), near(boxes, unsure.get(_key(rec["path"])))
+            for box, score, face, unclear in zip(boxes, rec["scores"], is_face, doubt, strict=True):
+                label = 1 if face else -1 if unclear else 0  # unsure: neither trained on nor counted
+                if label >= 0 or split == "val":
+                    add(image, box, label, score, source, rid)
+            if split == "train":
+                for face in faces:
+                    for _ in range(3):
+                        add(image, jitter(face, rng, 0.12), 1, 1.0, source, rid)
+    data = {
+        "crops": np.stack(crops),
+        "labels": np.asarray(labels, np.int64),
+        "scores": np.asarray(scores, np.float32),
+        "sources": np.asarray(sources),
+        "ids": np.asarray(ids),
+    }
+    np.savez(out, **data)
+    return data
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Photometric and resolution jitter on a batch in 0..1 (NCHW)."""
+    n = x.shape[0]
+
+    def u(lo, hi, *shape):
+        return torch.rand(*(shape or (n, 1, 1, 1)), generator=gen) * (hi - lo) + lo
+
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    grey = (torch.rand(n, generator=gen) < 0.15).view(-1, 1, 1, 1)
+    x = torch.where(grey, x.mean(1, keepdim=True).expand_as(x), x)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = (x - mean) * u(0.6, 1.4) + mean * u(0.6, 1.4)
+    small = torch.rand(n, generator=gen) < 0.4  # a small or soft face: down to 8-32 px and back up
+    if small.any():
+        side = int(torch.randint(8, 33, (1,), generator=gen))
+        low = F.interpolate(x[small], size=(side, side), mode="area")
+        x[small] = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
+    x = x + torch.randn(x.shape, generator=gen) * u(0, 0.04)
+    return x.clamp(0, 1)
+
+
+def to_tensor(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(crops[..., ::-1].copy()).permute(0, 3, 1, 2).float() / 255.0
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(model(x[i : i + 1024])).flatten() for i in range(0, len(x), 1024)]).numpy()
+
+
+def street_figures(val: dict, probs: np.ndarray, cache: Path, det_t: float, ver_t: float) -> dict:
+    """recall@0.5 and AP50 on the street validation images, as ``anonymize eval`` computes them."""
+    street = [r for r in load_proposals("street", cache) if r["split"] == "val"]
+    sel = val["sources"] == "street"
+    p, i = probs[sel], val["ids"][sel]
+    all_scores, hits, n_truth, start = [], [], 0, 0
+    for rid, rec in enumerate(street):
+        k = len(rec["boxes"])
+        assert (i[start : start + k] == rid).all()
+        keep = p[start : start + k] >= ver_t
+        start += k
+        boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)[keep]
+        scores = np.asarray(rec["scores"], np.float32)[keep]
+        gt = np.asarray(rec["faces"], np.float32).reshape(-1, 4)
+        n_truth += len(gt)
+        all_scores.append(scores)
+        hits.append(match(gt, boxes, scores, 0.5))
+    s, h = np.concatenate(all_scores), np.concatenate(hits)
+    op = s >= det_t
+    return {"recall@0.5": float(h[op].sum() / n_truth), "AP50": average_precision(s, h, n_truth)}
+
+
+def car_false(val: dict, probs: np.ndarray, det_t: float, ver_t: float) -> dict[str, float]:
+    """False face boxes per held-out car photo, per source (audited real faces excluded)."""
+    out = {}
+    for source in CAR_SOURCES:
+        sel = val["sources"] == source
+        images = len({int(v) for v in val["ids"][sel]})
+        false = ((val["labels"][sel] == 0) & (val["scores"][sel] >= det_t) & (probs[sel] >= ver_t)).sum()
+        out[source] = float(false / max(images, 1))
+    return out
+
+
+def train(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    train_set, val = build("train", args.cache), build("val", args.cache)
+    x, y = to_tensor(train_set["crops"]), torch.from_numpy(train_set["labels"]).float()
+    xv = to_tensor(val["crops"])
+    print(f"train: {int(y.sum())} positives, {int((1 - y).sum())} negatives; val: {len(xv)} crops", flush=True)
+    model = TinyVerifier(args.width)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * (len(x) // args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.15)
+    pos_weight = torch.tensor((1 - y).sum() / y.sum())
+    t0 = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for b in range(len(x) // args.batch):
+            idx = order[b * args.batch : (b + 1) * args.batch]
+            logits = model(augment(x[idx].clone(), gen)).flatten()
+            loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss)
+        probs = predict(model, xv)
+        f = street_figures(val, probs, args.cache, 0.15, 0.5)
+        print(f"epoch {epoch + 1}: loss {total / max(1, len(x) // args.batch):.4f}, street R {f['recall@0.5']:.4f} "
+              f"AP50 {f['AP50']:.4f}, car false/img {car_false(val, probs, 0.15, 0.5)} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    torch.save(model.state_dict(), args.cache / "face_verifier.pt")
+    np.save(args.cache / "val_probs.npy", predict(model, xv))
+    export(model, args.out)
+
+
+def export(model: nn.Module, out: Path) -> str:
+    """ONNX (opset 13, dynamic batch): input ``input`` N x 3 x SIZE x SIZE RGB 0..1, output ``logit``."""
+    model.eval()
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, SIZE, SIZE),
+        str(out),
+        input_names=["input"],
+        output_names=["logit"],
+        dynamic_axes={"input": {0: "n"}, "logit": {0: "n"}},
+        opset_version=13,
+        dynamo=False,
+    )
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--out", type=Path, default=MODELS / "face-verifier.onnx")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--width", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    train(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
