@@ -1,0 +1,101 @@
+"""Video speed and memory: frames per second at 720p and 1080p (faces and plates on) and peak
+memory, on synthetic clips (a camera panning over a labelled dashcam frame of ../shared/data,
+or a flat picture without it). Each run is a fresh process, so ``ru_maxrss`` is that run's peak.
+
+    .venv/bin/python tools/video_bench.py                       # 720p and 1080p, 4 s each
+    .venv/bin/python tools/video_bench.py --sizes 1080p --seconds 20 60   # memory vs length
+    .venv/bin/python tools/video_bench.py --detect-every 3      # detector on every 3rd frame
+
+Prints one line per run: size, frames, detect_every, fps end to end, fps of pass 1
+(decode + detect), peak RSS in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
+PHOTO = ROOT.parent / "shared" / "data" / "plates" / "romania-dashcam" / "images" / "nightride_type3_001_t5.jpg"
+
+
+def make_clip(path: Path, size: tuple[int, int], frames: int, fps: int = 25) -> None:
+    """Encode a pan over the photo at ``size`` (streamed: one frame in memory)."""
+    import av
+    import cv2
+    import numpy as np
+
+    w, h = size
+    photo = cv2.imread(str(PHOTO)) if PHOTO.exists() else np.full((720, 1280, 3), 127, np.uint8)
+    photo = cv2.resize(photo, (int(w * 1.2), int(h * 1.2)))
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23"}
+        for i in range(frames):
+            x = int((photo.shape[1] - w) * (0.5 + 0.5 * np.sin(i / 50)))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[:h, x : x + w]), format="bgr24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def run_one(clip: Path, detect_every: int) -> dict:
+    """In this (fresh) process: anonymize the clip, faces and plates on."""
+    from anonymizer.options import Options
+    from anonymizer.pipeline import Anonymizer
+    from anonymizer.video.pipeline import VideoSettings, anonymize_video
+
+    anonymizer = Anonymizer()
+    anonymizer.preload(("face", "plate"))
+    with tempfile.TemporaryDirectory() as tmp:
+        report = anonymize_video(
+            anonymizer, clip, Path(tmp) / "out.mp4", Options(), VideoSettings(detect_every=detect_every)
+        )
+    t = report["timings_ms"]
+    frames = report["video"]["frames"]
+    return {
+        "frames": frames,
+        "fps": report["fps"],
+        "fps_pass1": round(frames / (t["pass1"] / 1000), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "timings_ms": t,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
+    parser.add_argument("--seconds", nargs="+", type=float, default=[4.0])
+    parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one clip in this process
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(Path(args.one), args.detect_every)))
+        return 0
+    print("size   frames  every  fps   fps(pass1)  peak_rss_MiB")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sizes:
+            for seconds in args.seconds:
+                clip = Path(tmp) / f"{name}-{seconds}.mp4"
+                make_clip(clip, SIZES[name], int(seconds * 25))
+                cmd = [sys.executable, __file__, "--one", str(clip), "--detect-every", str(args.detect_every)]
+                result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+                print(
+                    f"{name:6} {result['frames']:6}  {args.detect_every:5}  {result['fps']:5.1f} "
+                    f"{result['fps_pass1']:10.1f}  {result['peak_rss_mib']:10.0f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
