@@ -1,7 +1,8 @@
 """API Gateway (REST) -> Lambda: anonymize an image in the request, or hand out upload URLs.
 
 Thin handler: Powertools routes the request, :mod:`anonymizer.aws.api_flow` builds responses.
-Routes: POST /anonymize, GET /openapi.json, POST /uploads, GET /results/{id}.
+Routes: POST /anonymize, GET /openapi.json, POST /uploads, GET /results/{id}, and the web page:
+GET / (the page) and GET /options (its form, from the option table).
 
 Environment: OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX, MAX_OBJECT_BYTES, ANONYMIZER_*
 (option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
@@ -49,6 +50,16 @@ def anonymize() -> Response:
 @app.get("/openapi.json")
 def openapi() -> Response:
     return api_flow.openapi_response(app.current_event.raw_event)
+
+
+@app.get("/")
+def page() -> Response:
+    return api_flow.page_response(storage=storage, config=config)
+
+
+@app.get("/options")
+def options() -> Response:
+    return api_flow.options_response(config)
 
 
 @app.post("/uploads")

@@ -27,10 +27,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler import Response
 
-from .. import __version__
+from .. import __version__, web
 from ..errors import (
     AnonymizerError,
     ImageTooLargeError,
@@ -38,7 +39,8 @@ from ..errors import (
     InvalidOptionsError,
     UnsupportedImageError,
 )
-from ..options import OUTPUT_FORMATS, Options, openapi_parameters, options_from_env, parse_options
+from ..imageio import CONTENT_TYPES
+from ..options import OUTPUT_FORMATS, TARGETS, Options, describe, openapi_parameters, options_from_env, parse_options
 from . import report_counts, request_option_values
 from .s3_flow import REPORT_SUFFIX
 from .storage import DEFAULT_MAX_OBJECT_BYTES, S3Storage, option_metadata
@@ -471,3 +473,52 @@ def _param(name: str, description: str, schema: dict) -> dict:
 
 def openapi_response(event: Mapping[str, Any]) -> Response:
     return json_response(200, openapi_document(_base_url(event)), headers={"Cache-Control": "max-age=300"})
+
+
+# -- the web page -------------------------------------------------------------------------------
+
+
+def options_document(config: ApiConfig) -> dict[str, Any]:
+    """GET /options: the option table as this deployment applies it (its defaults included), and
+    what the page needs to route each file: sizes for the synchronous and the presigned flow."""
+    return {
+        "version": __version__,
+        "options": [_remote_option(o) for o in describe(config.defaults) if not o.get("deployment_only")],
+        "targets": list(TARGETS),
+        "accept": sorted(set(CONTENT_TYPES.values())),
+        "limits": {
+            "sync_bytes": MAX_SYNC_BODY_CHARS * 3 // 4,
+            "upload_bytes": config.max_object_bytes,
+            "uploads": bool(config.upload_bucket and config.output_bucket),
+        },
+        "logo": False,  # no logo upload through the API yet: the page offers no logo effect
+    }
+
+
+def _remote_option(option: dict[str, Any]) -> dict[str, Any]:
+    """An option-table row without the effects the API does not offer (``logo``)."""
+    if option.get("key") != "effect" or not option.get("choices"):
+        return option
+    return {**option, "choices": [c for c in option["choices"] if c != "logo"]}
+
+
+def options_response(config: ApiConfig) -> Response:
+    return json_response(200, options_document(config), headers={"Cache-Control": "no-cache"})
+
+
+def page_response(*, storage: S3Storage, config: ApiConfig) -> Response:
+    """GET /: the page, with a CSP that lets it reach only this API and the presigned S3 URLs."""
+    origins = presigned_origins(storage, config) if options_document(config)["limits"]["uploads"] else []
+    return Response(
+        status_code=200,
+        content_type=web.HTML,
+        body=web.page().html.decode("utf-8"),
+        headers=web.security_headers(origins),
+    )
+
+
+def presigned_origins(storage: S3Storage, config: ApiConfig) -> list[str]:
+    """Scheme and host of the presigned upload and result URLs (signed locally; no request is made)."""
+    key = config.upload_prefix + "0" * 32
+    urls = [storage.presign_get(bucket, key, expires=60) for bucket in (config.upload_bucket, config.output_bucket)]
+    return sorted({f"{part.scheme}://{part.netloc}" for part in map(urlsplit, urls)})

@@ -1,0 +1,205 @@
+"""The web page in a real browser: Debian's chromium, headless, driven by Selenium through
+chromium-driver, against the real API handler behind localhost (what ``anonymize serve`` runs).
+
+A real face photo goes in, the before/after slider and the outlines appear, the download is
+checked pixel by pixel (face region changed, the detector finds no face in it), a file that is
+not an image shows its error beside it while the photo goes on, and the page on a phone-sized
+window needs no sideways scrolling. The run writes the README's screenshot, docs/img/web-page.png.
+
+Without chromium and chromium-driver (``apt-get install chromium chromium-driver``; ``.ci/run``
+does it) the tests are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anonymizer import imageio
+from anonymizer.aws import get_anonymizer
+from anonymizer.options import parse_options
+from anonymizer_local.server import LocalApi
+
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "img" / "web-page.png"
+FACE_PHOTO = "maksssksksss446.jpg"  # street-masks-dev: one big face (317 px wide), 500 x 500
+WAIT_S = 60.0
+
+
+def _browser_paths() -> tuple[str, str]:
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("no headless browser: apt-get install chromium chromium-driver (.ci/run does)")
+    pytest.importorskip("selenium", reason="selenium missing: pip install -e .[dev]")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def server():
+    quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    with LocalApi(port=0, worker_interval=0.3, env_defaults=quiet) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def driver(downloads):
+    browser, chromedriver = _browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(options=options, service=Service(chromedriver))
+    drv.implicitly_wait(0)
+    yield drv
+    drv.quit()
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def csp_violations(drv) -> list[str]:
+    return [e["message"] for e in drv.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def open_page(drv, server) -> None:
+    drv.get(server.url + "/")
+    wait_for(lambda: drv.execute_script("return document.body.dataset.ready === 'true'"), "the form from GET /options")
+
+
+def item_named(drv, name: str):
+    for node in drv.find_elements("css selector", "#files li"):
+        if node.find_element("css selector", "h2").text == name:
+            return node
+    return None
+
+
+def face_boxes(shared_data: Path, file_name: str) -> list[tuple[int, int, int, int]]:
+    """The labelled faces of one street-masks-dev photo, as x1, y1, x2, y2."""
+    coco = json.loads((shared_data / "faces" / "street-masks-dev" / "annotations.json").read_text())
+    image_id = next(i["id"] for i in coco["images"] if i["file_name"].endswith(file_name))
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image_id and a["category_id"] == 1]
+    return [(round(x), round(y), round(x + w), round(y + h)) for x, y, w, h in boxes]
+
+
+def test_every_control_is_labelled_and_the_form_comes_from_the_option_table(driver, server):
+    open_page(driver, server)
+    unlabelled = driver.execute_script(
+        """return [...document.querySelectorAll('input, select, button')]
+             .filter(c => c.offsetParent !== null || c.closest('details'))
+             .filter(c => !(c.labels && c.labels.length) && !c.getAttribute('aria-label') && !c.textContent.trim())
+             .map(c => c.outerHTML)"""
+    )
+    assert unlabelled == []
+    keys = set(driver.execute_script("return [...document.querySelectorAll('[data-key]')].map(c => c.dataset.key)"))
+    from anonymizer.options import describe
+
+    expected = {
+        f"{t}.{o['key']}" if o["per_target"] else o["key"]
+        for o in describe()
+        if not o["deployment_only"] and o["type"] != "list"
+        for t in (("face", "plate") if o["per_target"] else (None,))
+    }
+    assert keys == expected
+    assert driver.find_elements("css selector", "input[data-list=targets]")
+    assert csp_violations(driver) == []
+
+
+def test_a_real_photo_is_anonymized_downloaded_and_a_bad_file_fails_beside_it(
+    driver, server, shared_data, downloads, tmp_path
+):
+    photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
+    bad = tmp_path / "holiday-notes.jpg"
+    bad.write_bytes(b"these are notes, not a JPEG\n" * 20)
+    open_page(driver, server)
+    driver.find_element("css selector", "#opt-face-effect option[value=pixelate]").click()
+    driver.find_element("id", "file-input").send_keys(f"{photo}\n{bad}")
+
+    error = wait_for(
+        lambda: (n := item_named(driver, bad.name)) and n.find_element("css selector", "[data-role=error]").text,
+        "the bad file's error",
+    )
+    assert error.startswith("Not an image:"), error
+    item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
+    slider = wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the before/after slider")[0]
+    stats = item.find_element("css selector", ".stats").text
+    assert "1 face" in stats and " ms" in stats, stats
+
+    # the slider moves the split between the two images, by keyboard too
+    slider.send_keys("\ue012" * 10)  # ArrowLeft
+    clip = driver.execute_script("return arguments[0].querySelector('img.after').style.clipPath", item)
+    assert clip == "inset(0px 60% 0px 0px)", clip
+
+    # outlines come from the JSON report: one face box, drawn over the image
+    item.find_element("css selector", "input[id^=outline-]").click()
+    wait_for(lambda: item.find_elements("css selector", ".boxes:not([hidden]) div.face"), "the face outline")
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("arguments[0].scrollIntoView()", item)
+    driver.save_screenshot(str(SCREENSHOT))
+
+    item.find_element("css selector", "a[download]").click()
+    out_path = wait_for(lambda: next(downloads.glob("maksssksksss446-anonymized.jpg"), None), "the download")
+    wait_for(lambda: not list(downloads.glob("*.crdownload")), "the download to finish")
+    out = out_path.read_bytes()
+    assert imageio.metadata_markers(out) == []
+    original = imageio.decode(photo.read_bytes()).pixels.astype(np.int16)
+    anonymized = imageio.decode(out).pixels.astype(np.int16)
+    assert anonymized.shape == original.shape
+    diff = np.abs(anonymized - original).mean(axis=2)
+    outside = np.ones(diff.shape, bool)
+    for x1, y1, x2, y2 in face_boxes(shared_data, FACE_PHOTO):
+        outside[y1:y2, x1:x2] = False
+    for x1, y1, x2, y2 in face_boxes(shared_data, FACE_PHOTO):
+        face, rest = diff[y1:y2, x1:x2].mean(), diff[outside].mean()  # rest: JPEG re-encoding only
+        assert face > 5 and face > 4 * rest, f"face region barely changed: mean |diff| {face:.1f}, elsewhere {rest:.1f}"
+    again = get_anonymizer().detect(out, parse_options({"targets": "face"}))
+    assert again["counts"]["face"] == 0, again["detections"]
+    assert driver.find_element("id", "summary").text.startswith("1 done, 1 failed")
+
+    # "download all": one zip of the batch's successes, built in the page
+    driver.find_element("id", "download-all").click()
+    archive = wait_for(lambda: next(downloads.glob("anonymized.zip"), None), "the zip")
+    wait_for(lambda: not list(downloads.glob("*.crdownload")), "the zip to finish")
+    with zipfile.ZipFile(archive) as z:
+        assert z.testzip() is None  # every CRC checks out
+        assert z.namelist() == [out_path.name]
+        assert z.read(out_path.name) == out
+    assert csp_violations(driver) == []
+
+
+def test_the_page_fits_a_phone(driver, server):
+    driver.set_window_size(390, 844)
+    try:
+        open_page(driver, server)
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{overflow} px of sideways scrolling on a phone"
+    finally:
+        driver.set_window_size(1280, 1000)
