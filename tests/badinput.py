@@ -37,6 +37,7 @@ from anonymizer.errors import (
     InvalidImageError,
     InvalidOptionsError,
     UnsupportedImageError,
+    UnsupportedVideoError,
 )
 
 FACE_ONLY = {"targets": "face"}
@@ -490,8 +491,9 @@ def _image_cases() -> list[Case]:
             "jpeg_12bit", make_gray12_jpeg(np.array([[0, 1000], [2048, 4095]])), UnsupportedImageError, "jpeg_12bit.jpg"
         ),
         err("bigtiff", b"II+\x00\x08\x00\x00\x00" + b"\0" * 32, UnsupportedImageError, "bigtiff.tif"),
-        err("heic", b"\x00\x00\x00\x18ftypheic" + b"\0" * 32, UnsupportedImageError, "heic.jpg"),
-        err("avif", b"\x00\x00\x00\x1cftypavif" + b"\0" * 32, UnsupportedImageError, "avif.png"),
+        err("heic_without_image", b"\x00\x00\x00\x18ftypheic" + b"\0" * 32, InvalidImageError, "heic.jpg"),
+        err("avif_without_image", b"\x00\x00\x00\x1cftypavif" + b"\0" * 32, InvalidImageError, "avif.png"),
+        err("mp4_video", b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", UnsupportedVideoError, "clip.jpg"),
         # --- valid images with a wrong extension -------------------------------------------------
         ok("png_named_jpg", png, "png_named_jpg.jpg"),
         ok("jpeg_named_png", jpeg, "jpeg_named_png.png"),

@@ -133,8 +133,10 @@ def test_probe_rejects_non_images(data: bytes, message: str) -> None:
 def test_recognised_but_unsupported_formats() -> None:
     with pytest.raises(UnsupportedImageError, match="BigTIFF"):
         probe(b"II+\x00\x08\x00\x00\x00" + b"\0" * 32)
-    with pytest.raises(UnsupportedImageError, match="HEIC"):
-        probe(b"\x00\x00\x00\x18ftypheic" + b"\0" * 32)
+    with pytest.raises(UnsupportedImageError, match="not a HEIC or AVIF image"):
+        probe(b"\x00\x00\x00\x18ftypM4A " + b"\0" * 32)  # audio in the ISO media container
+    with pytest.raises(InvalidImageError, match="corrupt HEIF"):
+        probe(b"\x00\x00\x00\x18ftypheic" + b"\0" * 32)  # a HEIC brand, but no image in it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +439,13 @@ def test_gif_is_written_as_png() -> None:
     assert [output_format_for(f) for f in imageio.OUTPUT_FORMATS] == list(imageio.OUTPUT_FORMATS)
     with pytest.raises(ValueError, match="output_format_for"):
         encode(IMG, None, "gif")
-    assert set(imageio.CONTENT_TYPES) == {"jpeg", "png", "webp", "bmp", "tiff", "gif"}
+    assert set(imageio.CONTENT_TYPES) == {"jpeg", "png", "webp", "bmp", "tiff", "gif", "heic", "avif"}
+    # HEIC and AVIF come out as JPEG (every browser shows it), or PNG when they have alpha
+    assert [output_format_for(f) for f in ("heic", "heif", "avif")] == ["jpeg", "jpeg", "jpeg"]
+    assert [output_format_for(f, alpha=True) for f in ("heic", "avif", "jpeg")] == ["png", "png", "jpeg"]
+    for fmt in ("heic", "avif"):
+        with pytest.raises(ValueError, match="output_format_for"):
+            encode(IMG, None, fmt)
     assert imageio.CONTENT_TYPES["jpeg"] == "image/jpeg"
 
 

@@ -25,6 +25,13 @@ class UnsupportedImageError(AnonymizerError):
     http_status = 415
 
 
+class UnsupportedVideoError(UnsupportedImageError):
+    """A video file sent to the image path (``imageio.sniff_video`` names it): its own code, so a
+    client can tell "send it to the video path" from "this image format is not supported"."""
+
+    code = "video_not_supported"
+
+
 class ImageTooLargeError(AnonymizerError):
     """Too many pixels (decompression bomb guard) or too many bytes."""
 
