@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from anonymizer.aws import get_anonymizer, s3_flow
+from anonymizer.aws.events import EventPublisher
 from anonymizer.aws.storage import S3Storage
 from anonymizer.errors import AnonymizerError
 
@@ -34,6 +35,7 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Anon
 
 config = s3_flow.FlowConfig.from_env()
 storage = S3Storage(max_object_bytes=config.max_object_bytes)
+events = EventPublisher.from_env()  # EVENT_BUS_NAME: completion events (None: none sent)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 persistence_layer = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
 idempotency_config = IdempotencyConfig(
@@ -46,7 +48,7 @@ idempotency_config = IdempotencyConfig(
 @idempotent_function(data_keyword_argument="ref", config=idempotency_config, persistence_store=persistence_layer)
 def process_once(ref: s3_flow.ObjectRef) -> dict:
     """Runs the pipeline once per object version; a repeat returns the stored summary."""
-    summary = s3_flow.process_object(ref, storage=storage, anonymizer=get_anonymizer(), config=config)
+    summary = s3_flow.process_object(ref, storage=storage, anonymizer=get_anonymizer(), config=config, events=events)
     if summary["status"] == "ok":  # metrics only here: a replayed event is not a new object
         metrics.add_metric(name="ObjectsProcessed", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="FacesFound", unit=MetricUnit.Count, value=summary["faces"])

@@ -137,7 +137,39 @@ def refs_from_sqs_body(body: str) -> list[ObjectRef]:
         message = json.loads(message["Message"])
     if not isinstance(message, dict):
         raise ValueError("SQS message body is not an S3 event notification")
+    if message.get("source") == "aws.s3" and "detail" in message:  # EventBridge rule -> SQS
+        return refs_from_eventbridge_event(message)
     return refs_from_s3_event(message)
+
+
+def refs_from_eventbridge_event(event: Mapping[str, Any]) -> list[ObjectRef]:
+    """The object of an S3 ``Object Created`` event delivered by EventBridge (S3 EventBridge
+    notifications, rule -> SQS -> function); any other detail-type gives nothing.
+
+    The key is taken as sent: EventBridge's S3 events carry the key itself, not the
+    URL-encoded form of the S3 notifications. ``version-id`` is absent (or ``null``) in an
+    unversioned bucket. Same idempotency key as the S3 notification path: the same object
+    version is processed once whichever door it comes through.
+    """
+    if event.get("detail-type") != "Object Created":
+        return []
+    detail = event.get("detail") or {}
+    obj = detail.get("object") or {}
+    bucket = (detail.get("bucket") or {}).get("name")
+    if not bucket or not obj.get("key"):
+        raise ValueError("EventBridge S3 event without bucket name or object key")
+    version = obj.get("version-id")
+    size = obj.get("size")
+    return [
+        ObjectRef(
+            bucket=str(bucket),
+            key=str(obj["key"]),
+            version_id=str(version) if version and version != "null" else None,
+            etag=str(obj.get("etag") or obj.get("eTag") or "").strip('"') or None,
+            size=int(size) if size is not None else None,
+            event_name=f"Object Created:{detail.get('reason') or 'PutObject'}",
+        )
+    ]
 
 
 # -- the flow -----------------------------------------------------------------------------------
@@ -149,8 +181,13 @@ def process_object(
     storage: S3Storage,
     anonymizer: Any,
     config: FlowConfig,
+    events: Any = None,
 ) -> dict[str, Any]:
     """Anonymize one object and publish it; returns a small JSON-able summary.
+
+    ``events`` (an :class:`~anonymizer.aws.events.EventPublisher`, optional) hears of the
+    object after its image is written (``Object Anonymized``) or when it cannot be anonymized
+    (``Object Failed``); a failed ``PutEvents`` after the write raises, so the record is retried.
 
     ``summary["status"]`` is ``"ok"`` or ``"skipped"`` (folder marker, object deleted or
     overwritten since the event). Any failure raises and nothing is written to the output bucket.
@@ -165,6 +202,8 @@ def process_object(
         error = ImageTooLargeError(
             f"object is {ref.size} bytes; the limit is {config.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
         )
+        if events is not None:
+            events.object_failed_once(storage, ref, error)
         mark_failed(storage, ref, error)
         raise error
 
@@ -182,6 +221,8 @@ def process_object(
     except ObjectChangedError:
         return {**base, "status": "skipped", "reason": "object was overwritten; its own event follows"}
     except AnonymizerError as exc:
+        if events is not None:
+            events.object_failed_once(storage, ref, exc)
         mark_failed(storage, ref, exc)
         raise
     latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
@@ -209,7 +250,7 @@ def process_object(
     }
     storage.put_json(config.output_bucket, report_key(out_key), sidecar, tags={"anonymizer-status": "ok"})
     try:
-        storage.put(
+        put_response = storage.put(
             config.output_bucket,
             out_key,
             result.data,
@@ -225,6 +266,12 @@ def process_object(
     except Exception:
         discard_orphan_report(storage, config.output_bucket, out_key)
         raise
+    if events is not None:  # after the write, never before: the receiver can read the output
+        from .events import trigger_of
+
+        events.object_anonymized(
+            sidecar, report_key=report_key(out_key), put_response=put_response, trigger=trigger_of(ref.event_name)
+        )
     return {
         **base,
         "etag": obj.info.etag,
