@@ -506,3 +506,248 @@ def test_metadata_markers_fails_closed_on_garbage() -> None:
         metadata_markers(b"definitely not an image")
     with pytest.raises(InvalidImageError):
         metadata_markers(b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# HEIC and AVIF (made here: pillow-heif writes HEIC, Pillow writes AVIF), with GPS in their EXIF
+
+
+def gps_exif(orientation: int = 1) -> bytes:
+    """EXIF (as Pillow writes it) with an orientation and a GPS position."""
+    from PIL import Image
+
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    tags[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    return tags.tobytes()
+
+
+def make_heif(img: np.ndarray, fmt: str, orientation: int = 1, icc: bytes | None = None) -> bytes:
+    """A HEIC (pillow-heif, x265) or AVIF (Pillow, libavif) file of BGR ``img`` with GPS in its EXIF."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
+    extra = {"icc_profile": icc} if icc else {}
+    out = io.BytesIO()
+    if fmt == "heic":
+        import pillow_heif
+
+        pillow_heif.from_pillow(picture).save(out, format="HEIF", quality=95, exif=gps_exif(orientation), **extra)
+    else:
+        picture.save(out, format="AVIF", quality=95, exif=gps_exif(orientation), **extra)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+def test_heic_and_avif_decode_upright_and_their_gps_never_comes_out(fmt: str) -> None:
+    img = cv2.resize(IMG, (160, 96), interpolation=cv2.INTER_NEAREST)
+    for orientation in (1, 3, 6, 8):
+        data = make_heif(img, fmt, orientation)
+        assert {"exif", "gps"} <= set(metadata_markers(data))  # the input really carries GPS
+        want = upright(img, orientation)
+        assert probe(data) == imageio.ImageInfo(fmt, want.shape[1], want.shape[0], False)
+        d = decode(data)
+        assert d.format == fmt and not d.grey
+        assert_clean_bgr(d, *want.shape[:2])
+        assert np.abs(d.pixels.astype(int) - want).mean() < 6, orientation  # lossy, but upright and in BGR order
+        out = encode(d.pixels, d.alpha, output_format_for(fmt))
+        assert probe(out).format == "jpeg" and metadata_markers(out) == []
+        assert b"GPS" not in out and b"Exif" not in out
+
+
+def test_heic_bomb_refused_from_the_header() -> None:
+    data = bytearray(make_heif(IMG, "heic"))
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, 50_000, 50_000)  # the primary image claims 2.5 gigapixels
+    start = time.perf_counter()
+    assert probe(bytes(data)) == imageio.ImageInfo("heic", 50_000, 50_000, False)
+    with pytest.raises(ImageTooLargeError, match="50000x50000"):
+        decode(bytes(data))
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+def test_truncated_heic_and_avif_are_refused(fmt: str) -> None:
+    data = make_heif(NOISE, fmt)
+    with pytest.raises(InvalidImageError):
+        decode(data[: len(data) - 200])
+
+
+# ---------------------------------------------------------------------------------------------
+# colour: ICC profiles are converted to sRGB, then dropped
+
+
+def s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def icc_profile(name: str, primaries: list[tuple[float, float, float]], trc: bytes) -> bytes:
+    """A v2 matrix/TRC display profile (D50 primaries), written byte by byte."""
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(name) + 1) + name.encode() + b"\0" + b"\0" * 79
+    xyz = [b"XYZ " + b"\0" * 4 + b"".join(s15(v) for v in p) for p in primaries]
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", b"XYZ " + b"\0" * 4 + s15(0.9642) + s15(1.0) + s15(0.8249)),
+        (b"rXYZ", xyz[0]),
+        (b"gXYZ", xyz[1]),
+        (b"bXYZ", xyz[2]),
+        (b"rTRC", trc),
+        (b"gTRC", trc),
+        (b"bTRC", trc),
+    ]
+    body, table = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+    header += b"\0" * (68 - len(header)) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    header += b"\0" * (128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+SRGB_CURVE = (
+    b"para"
+    + b"\0" * 4
+    + struct.pack(">HH", 3, 0)
+    + b"".join(s15(v) for v in (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045))
+)
+DISPLAY_P3 = icc_profile(
+    "Display P3", [(0.515106, 0.241196, -0.001053), (0.291977, 0.692245, 0.041885), (0.157104, 0.066574, 0.784073)],
+    SRGB_CURVE,
+)  # fmt: skip
+ADOBE_RGB = icc_profile(
+    "Adobe RGB (1998)", [(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)],
+    b"curv" + b"\0" * 4 + struct.pack(">IH", 1, 563) + b"\0\0",  # gamma 563/256 = 2.2
+)  # fmt: skip
+
+
+def with_icc_png(bgr: np.ndarray, profile: bytes) -> bytes:
+    return png_after_ihdr(cv_encode(bgr, ".png"), png_chunk(b"iCCP", b"test\0\0" + zlib.compress(profile)))
+
+
+def with_icc_jpeg(bgr: np.ndarray, profile: bytes) -> bytes:
+    jpeg = cv_encode(bgr, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 98])
+    half = len(profile) // 2  # in two APP2 chunks, as big profiles are
+    first = segment(0xE2, b"ICC_PROFILE\0\x01\x02" + profile[:half])
+    second = segment(0xE2, b"ICC_PROFILE\0\x02\x02" + profile[half:])
+    return jpeg[:2] + first + second + jpeg[2:]
+
+
+@pytest.mark.parametrize(
+    ("profile", "stored_rgb", "srgb"),
+    [
+        (DISPLAY_P3, (234, 51, 35), (255, 0, 0)),  # sRGB's red, as Display P3 stores it
+        (DISPLAY_P3, (128, 128, 128), (128, 128, 128)),  # same white point and curve: greys stay
+        (ADOBE_RGB, (144, 255, 60), (0, 255, 0)),  # sRGB's green, as Adobe RGB stores it
+    ],
+)
+@pytest.mark.parametrize("container", [with_icc_png, with_icc_jpeg])
+def test_icc_profiles_are_converted_to_srgb(profile, stored_rgb, srgb, container) -> None:
+    block = np.zeros((16, 16, 3), np.uint8)
+    block[:] = stored_rgb[::-1]
+    data = container(block, profile)
+    assert "icc" in metadata_markers(data)
+    d = decode(data)
+    assert d.colour in ("Display P3", "Adobe RGB (1998)")
+    got = d.pixels[8, 8][::-1].astype(int)
+    assert np.abs(got - np.array(srgb)).max() <= 4, got
+    out = encode(d.pixels, None, "png")
+    assert metadata_markers(out) == []  # the profile was applied, then dropped
+
+
+def test_icc_conversion_agrees_with_littlecms() -> None:
+    import io
+
+    from PIL import Image, ImageCms
+
+    colours = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for profile in (DISPLAY_P3, ADOBE_RGB):
+        ours = decode(with_icc_png(colours, profile)).pixels
+        reference = ImageCms.profileToProfile(
+            Image.fromarray(colours[:, :, ::-1].copy()),
+            ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+            ImageCms.createProfile("sRGB"),
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        )
+        diff = np.abs(ours.astype(int) - np.asarray(reference)[:, :, ::-1])
+        assert diff.max() <= 3 and diff.mean() < 0.8, (diff.max(), diff.mean())
+
+
+def test_srgb_and_broken_profiles_leave_pixels_alone() -> None:
+    srgb = icc_profile(
+        "sRGB IEC61966-2.1", [(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)], SRGB_CURVE
+    )
+    for profile in (srgb, b"not a profile" * 20, DISPLAY_P3[:140]):
+        d = decode(with_icc_png(NOISE, profile))
+        assert d.colour is None and np.array_equal(d.pixels, NOISE)
+
+
+def test_heic_and_avif_profiles_are_converted_too() -> None:
+    block = np.zeros((64, 64, 3), np.uint8)
+    block[:] = (35, 51, 234)  # BGR of sRGB's red as Display P3 stores it
+    for fmt in ("heic", "avif"):
+        d = decode(make_heif(block, fmt, icc=DISPLAY_P3))
+        assert d.colour == "Display P3", fmt
+        assert np.abs(d.pixels[32, 32][::-1].astype(int) - (255, 0, 0)).max() <= 12, (fmt, d.pixels[32, 32])
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-page TIFF, grey, video
+
+
+def test_multi_page_tiff_is_refused_never_cut_to_its_first_page() -> None:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    pages = [Image.fromarray(IMG), Image.fromarray(NOISE)]
+    pages[0].save(out, format="TIFF", save_all=True, append_images=pages[1:])
+    with pytest.raises(UnsupportedImageError, match=r"multi-page tiff \(2 pages\)"):
+        decode(out.getvalue())
+    assert probe(out.getvalue()).format == "tiff"  # a tiff all the same
+    decode(make_tiff(IMG))  # one page: fine
+
+
+def test_grey_inputs_are_marked_and_written_grey() -> None:
+    gray = IMG[:, :, 1].copy()
+    for ext in (".png", ".jpg", ".tiff", ".bmp"):
+        d = decode(cv_encode(gray, ext))
+        assert d.grey, ext
+        for fmt in ("jpeg", "png", "tiff", "bmp"):
+            out = cv2.imdecode(np.frombuffer(encode(d.pixels, None, fmt, grey=True), np.uint8), cv2.IMREAD_UNCHANGED)
+            assert out.ndim == 2, (ext, fmt)
+    assert not decode(PNG).grey
+    rgba = decode(cv_encode(np.dstack([gray, gray, gray, gray]), ".png"))
+    assert not rgba.grey and rgba.alpha is not None
+
+
+@pytest.mark.parametrize(("fourcc", "ext", "kind"), [("mp4v", ".mp4", "mp4"), ("MJPG", ".avi", "avi")])
+def test_videos_get_their_own_error(tmp_path, fourcc: str, ext: str, kind: str) -> None:
+    from anonymizer.errors import UnsupportedVideoError
+
+    path = tmp_path / f"clip{ext}"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
+    for _ in range(3):
+        writer.write(cv2.resize(IMG, (64, 48)))
+    writer.release()
+    data = path.read_bytes()
+    assert imageio.sniff_video(data) == kind
+    with pytest.raises(UnsupportedVideoError, match="video is not supported yet") as caught:
+        decode(data)
+    assert caught.value.code == "video_not_supported" and caught.value.http_status == 415
+
+
+def test_sniff_video_names_containers_and_leaves_images_alone() -> None:
+    ebml = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\x82\x84"
+    assert imageio.sniff_video(ebml + b"webm" + b"\0" * 16) == "webm"
+    assert imageio.sniff_video(ebml + b"matroska" + b"\0" * 16) == "mkv"
+    assert imageio.sniff_video(b"\0\0\0\x14ftypqt  \0\0\0\0qt  " + b"\0" * 16) == "mov"
+    assert imageio.sniff_video(b"\0\0\0\x08wide\0\0\x10\0mdat" + b"\0" * 16) == "mov"
+    for image in (JPEG, PNG, make_heif(IMG, "heic"), make_heif(IMG, "avif")):
+        assert imageio.sniff_video(image) is None
