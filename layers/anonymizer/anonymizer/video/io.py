@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidOptionsError, UnsupportedImageError
+from ..imageio import sniff_video  # noqa: F401 - re-exported: the video path's gate
 
 AUDIO_MODES = ("keep", "drop")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
@@ -53,15 +54,6 @@ class Frame:
     index: int
     pts: int
     pixels: np.ndarray  # H x W x 3 uint8 BGR
-
-
-def sniff_video(head: bytes) -> bool:
-    """True when the first bytes look like a video container we accept (MP4/MOV, Matroska/WebM, AVI)."""
-    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
-        return True
-    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
-        return True
-    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
 
 
 def _open(path: str | Path):
@@ -135,10 +127,20 @@ def probe_video(path: str | Path) -> VideoInfo:
         container.close()
 
 
-def read_frames(path: str | Path, *, start_pts: int | None = None) -> Iterator[Frame]:
-    """Every frame of the first video stream, upright, BGR, in presentation order.
+def read_frames(
+    path: str | Path,
+    *,
+    seek_pts: int | None = None,
+    first_index: int = 0,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[Frame]:
+    """Frames of the first video stream, upright, BGR, in presentation order, with their index.
 
-    Memory: one decoded frame at a time (plus the decoder's own reference frames).
+    ``seek_pts``: decoding starts at the keyframe with this pts (a segment), whose index in the
+    whole video is ``first_index``; frames before ``start`` are decoded but not converted, and
+    decoding ends at ``stop``. Memory: one converted frame at a time (plus the decoder's
+    reference frames).
     """
     import av
 
@@ -146,8 +148,10 @@ def read_frames(path: str | Path, *, start_pts: int | None = None) -> Iterator[F
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if seek_pts is not None:
+            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
         rotation = None
-        index = 0
+        index = first_index
         last_pts = -1
         tb = stream.time_base or Fraction(1, 1000)
         step = max(1, round(1 / (float(stream.average_rate or 25) * tb)))
@@ -157,14 +161,57 @@ def read_frames(path: str | Path, *, start_pts: int | None = None) -> Iterator[F
                     rotation = _rotation(stream, frame)
                 pts = frame.pts if frame.pts is not None else last_pts + step
                 last_pts = pts
-                if start_pts is not None and pts < start_pts:
-                    continue
-                yield Frame(index, pts, _upright(frame.to_ndarray(format="bgr24"), rotation))
+                if seek_pts is not None and pts < seek_pts:
+                    continue  # leading frames of an open GOP, shown before the keyframe
+                if stop is not None and index >= stop:
+                    return
+                if index >= start:
+                    yield Frame(index, pts, _upright(frame.to_ndarray(format="bgr24"), rotation))
                 index += 1
         except av.error.FFmpegError as exc:
             raise InvalidVideoError(f"the video stream is corrupt after frame {index}") from exc
     finally:
         container.close()
+
+
+class AudioCopy:
+    """The first audio stream of ``source``, copied packet by packet into ``out`` (no decoding),
+    released up to a given time so that the muxer interleaves it with the video as it comes."""
+
+    def __init__(self, out, source: str | Path):
+        import av
+
+        self._src = av.open(str(source), metadata_errors="ignore")
+        self.stream = None
+        self._packets: Iterator | None = None
+        self._pending = None
+        self._out = out
+        if self._src.streams.audio:
+            in_audio = self._src.streams.audio[0]
+            self.stream = out.add_stream_from_template(in_audio)
+            self.stream.metadata.clear()
+            self._packets = (p for p in self._src.demux(in_audio) if p.dts is not None)
+
+    def until(self, packet) -> None:
+        """Mux audio packets up to ``packet``'s decode time (None: all that is left)."""
+        if self._packets is None:
+            return
+        limit = math.inf if packet is None else float((packet.dts or 0) * packet.time_base)
+        while True:
+            if self._pending is None:
+                self._pending = next(self._packets, None)
+                if self._pending is None:
+                    self._packets = None
+                    return
+            p = self._pending
+            if float(p.dts * p.time_base) > limit:
+                return
+            p.stream = self.stream
+            self._out.mux(p)
+            self._pending = None
+
+    def close(self) -> None:
+        self._src.close()
 
 
 class VideoWriter:
@@ -186,7 +233,10 @@ class VideoWriter:
         audio: str = "keep",
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
+        b_frames: bool = True,
     ):
+        """``b_frames=False`` for segments: decode order equals presentation order, so parts
+        can be joined by stream copy with their timestamps unchanged."""
         import av
 
         if audio not in AUDIO_MODES:
@@ -200,21 +250,11 @@ class VideoWriter:
         self._video.pix_fmt = "yuv420p"
         self._video.time_base = time_base
         self._video.codec_context.time_base = time_base
-        self._video.options = {"crf": str(crf), "preset": preset}
+        self._video.options = {"crf": str(crf), "preset": preset, **({} if b_frames else {"bf": "0"})}
         self._time_base = time_base
-        self._audio_in = None
-        self._audio_packets: Iterator | None = None
-        self._pending = None
+        self._audio: AudioCopy | None = None
         if audio == "keep" and audio_source is not None:
-            src = av.open(str(audio_source), metadata_errors="ignore")
-            if src.streams.audio:
-                in_audio = src.streams.audio[0]
-                self._audio_in = src
-                self._audio = self._out.add_stream_from_template(in_audio)
-                self._audio.metadata.clear()
-                self._audio_packets = (p for p in src.demux(in_audio) if p.dts is not None)
-            else:
-                src.close()
+            self._audio = AudioCopy(self._out, audio_source)
         self._out.metadata.clear()
         self.frames = 0
 
@@ -234,22 +274,8 @@ class VideoWriter:
         self.frames += 1
 
     def _mux_audio_until(self, packet) -> None:
-        """Audio packets up to the video packet's time, so the muxer interleaves without buffering."""
-        if self._audio_packets is None:
-            return
-        limit = math.inf if packet is None else float((packet.dts or 0) * packet.time_base)
-        while True:
-            if self._pending is None:
-                self._pending = next(self._audio_packets, None)
-                if self._pending is None:
-                    self._audio_packets = None
-                    return
-            p = self._pending
-            if float(p.dts * p.time_base) > limit:
-                return
-            p.stream = self._audio
-            self._out.mux(p)
-            self._pending = None
+        if self._audio is not None:
+            self._audio.until(packet)
 
     def close(self) -> None:
         """Flush the encoder and the remaining audio, write the index (moov first)."""
@@ -260,15 +286,15 @@ class VideoWriter:
             self._mux_audio_until(None)
         finally:
             self._out.close()
-            if self._audio_in is not None:
-                self._audio_in.close()
+            if self._audio is not None:
+                self._audio.close()
 
     def abort(self) -> None:
         """Close without flushing (the caller deletes the partial file)."""
         with contextlib.suppress(Exception):  # the file is discarded anyway
             self._out.close()
-        if self._audio_in is not None:
-            self._audio_in.close()
+        if self._audio is not None:
+            self._audio.close()
 
 
 def stream_time_base(path: str | Path) -> Fraction:

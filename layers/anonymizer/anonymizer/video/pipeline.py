@@ -32,6 +32,7 @@ from ..errors import DetectionError, InvalidOptionsError
 from ..options import Options
 from ..pipeline import Anonymizer, _effect_spec, _logo, expand_box
 from . import io
+from .segments import Segment
 from .tracking import Box, Track, Tracker, TrackSettings, confirmed, track_boxes
 
 Progress = Callable[[str, int, int | None], None]  # (phase "detect"|"render", frames done, total)
@@ -65,9 +66,14 @@ class Detected:
     """Pass 1's result: tracks (confirmed) and how many frames there were."""
 
     tracks: list[Track]
-    frames: int
+    frames: int  # frames seen
     thresholds: dict[str, float]
     timings: dict[str, float]
+    start: int = 0  # index (in the whole video) of the first frame seen
+    stop: int = 0  # one past the last
+
+    def __post_init__(self) -> None:
+        self.stop = self.stop or self.start + self.frames
 
 
 def _thresholds(anonymizer: Anonymizer, options: Options) -> dict[str, float]:
@@ -86,8 +92,11 @@ def detect_tracks(
     *,
     total: int | None = None,
     progress: Progress | None = None,
+    segment: Segment | None = None,
+    overlap: int = 0,
 ) -> Detected:
-    """Pass 1: detections on every k-th frame, linked into tracks (boxes only)."""
+    """Pass 1: detections on every k-th frame, linked into tracks (boxes only). For a
+    ``segment``: its frames plus ``overlap`` frames of context on each side."""
     thresholds = _thresholds(anonymizer, options)
     low = {t: v * settings.tracks.low_factor for t, v in thresholds.items()}
     min_score = min(low.values())
@@ -105,7 +114,15 @@ def detect_tracks(
         t_detect += time.perf_counter() - t0
         ended.extend(tracker.update(frame.index, ((d.label, d.score, d.box) for d in dets if d.score >= low[d.label])))
 
-    for frame in io.read_frames(src):
+    if segment is None:
+        source = io.read_frames(src)
+        first = 0
+    else:
+        first = max(0, segment.start - overlap)
+        source = io.read_frames(
+            src, seek_pts=segment.seek_pts, first_index=segment.seek_index, start=first, stop=segment.stop + overlap
+        )
+    for frame in source:
         frames += 1
         if frame.index % settings.detect_every:
             skipped = frame
@@ -119,7 +136,7 @@ def detect_tracks(
     ended += tracker.finish()
     tracks = sorted(confirmed(ended, thresholds), key=lambda t: t.first)
     timings = {"detect": round(t_detect * 1000, 1), "pass1": elapsed_ms(started)}
-    return Detected(tracks, frames, thresholds, timings)
+    return Detected(tracks, frames, thresholds, timings, start=first)
 
 
 def _covering_settings(settings: VideoSettings) -> TrackSettings:
@@ -170,13 +187,22 @@ def render(
     settings: VideoSettings,
     *,
     progress: Progress | None = None,
+    segment: Segment | None = None,
 ) -> dict[str, Any]:
-    """Pass 2: cover every track on every frame it spans, encode H.264/MP4 to ``dst``."""
+    """Pass 2: cover every track on every frame it spans, encode H.264/MP4 to ``dst``. For a
+    ``segment``: its own frames only, no audio, no B-frames (joined later by stream copy)."""
     info = io.probe_video(src)
     logo = _logo(options.logo) if options.logo else None
     specs = {t: _effect_spec(options, t, logo) for t in options.targets}
     seeds: dict[int, bytes] = {}
-    at = covered_boxes(detected.tracks, settings, detected.frames)
+    at = covered_boxes(detected.tracks, settings, detected.stop)
+    if segment is None:
+        source, expected = io.read_frames(src), detected.frames
+    else:
+        source = io.read_frames(
+            src, seek_pts=segment.seek_pts, first_index=segment.seek_index, start=segment.start, stop=segment.stop
+        )
+        expected = segment.stop - segment.start
     writer = io.VideoWriter(
         dst,
         width=info.width,
@@ -184,14 +210,15 @@ def render(
         time_base=io.stream_time_base(src),
         fps=info.fps,
         audio_source=src,
-        audio=settings.audio,
+        audio=settings.audio if segment is None else "drop",
         crf=settings.crf,
         preset=settings.preset,
+        b_frames=segment is None,
     )
     covered_frames = regions = 0
     t_effects = t_encode = 0.0
     try:
-        for frame in io.read_frames(src):
+        for frame in source:
             t0 = time.perf_counter()
             pixels = frame.pixels
             h, w = pixels.shape[:2]
@@ -210,13 +237,13 @@ def render(
             t_effects += t1 - t0
             t_encode += time.perf_counter() - t1
             if progress is not None:
-                progress("render", frame.index + 1, detected.frames)
+                progress("render", writer.frames, expected)
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    if writer.frames != detected.frames:
-        raise DetectionError(f"pass 2 decoded {writer.frames} frames, pass 1 {detected.frames}: not published")
+    if writer.frames != expected:
+        raise DetectionError(f"pass 2 encoded {writer.frames} frames, {expected} expected: not published")
     return {
         "frames_covered": covered_frames,
         "regions": regions,
@@ -287,4 +314,43 @@ def video_report(
         "options": options.to_dict(),
         "timings_ms": timings,
         "fps": round(detected.frames / (total_ms / 1000), 2) if total_ms else None,
+    }
+
+
+def anonymize_segment(
+    anonymizer: Anonymizer,
+    src: str | Path,
+    dst: str | Path,
+    options: Options,
+    segment: Segment,
+    settings: VideoSettings | None = None,
+    *,
+    overlap: int = 18,
+) -> dict[str, Any]:
+    """One segment of a long video into its own part (see :mod:`.segments`). Detection also
+    runs on ``overlap`` frames each side, so a track crossing a border is covered on both sides
+    exactly as if the video had been done whole (``overlap`` >= max_gap + pad)."""
+    settings = settings or VideoSettings()
+    settings.validate()
+    started = time.perf_counter()
+    detected = detect_tracks(anonymizer, src, options, settings, segment=segment, overlap=overlap)
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    try:
+        rendered = render(src, tmp, detected, options, settings, segment=segment)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    own = [
+        t
+        for t in detected.tracks
+        if t.last + settings.tracks.pad >= segment.start and t.first - settings.tracks.pad < segment.stop
+    ]
+    return {
+        "segment": segment.to_dict(),
+        "frames": segment.stop - segment.start,
+        "frames_covered": rendered["frames_covered"],
+        "regions": rendered["regions"],
+        "tracks": [t.to_dict(boxes=settings.report_boxes) for t in own],
+        "timings_ms": {**detected.timings, **rendered["timings_ms"], "total": elapsed_ms(started)},
     }
