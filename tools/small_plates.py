@@ -29,7 +29,7 @@ FRAME = (1080, 1920)
 
 def held_out_plates():
     """(image path, plate box) for every labelled plate of the held-out splits."""
-    from anonymizer.evaluation import load_coco
+    from anonymizer_local.evaluation import load_coco
 
     splits = json.loads((ROOT / "training" / "splits.json").read_text())
     held = {"romania-dashcam": "holdout_image_ids", "web-cars": "holdout_unique_image_ids"}
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N plates (a quick look)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from anonymizer.evaluation import iou_matrix
     from anonymizer.options import parse_options
     from anonymizer.pipeline import Anonymizer
+    from anonymizer_local.evaluation import iou_matrix
 
     anonymizer, options = Anonymizer(), parse_options({"targets": args.targets})
     widths = [int(w) for w in args.widths.split(",")]

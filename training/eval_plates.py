@@ -4,7 +4,7 @@
         [--threshold T (default: plate.json)] [--threads 1] [--min-long 416] [--speed]
 
 Decoder and scoring: the engine's own (anonymizer.detection.decode + nms at IoU 0.4,
-anonymizer.evaluation.match + average_precision), so these figures equal `anonymize eval`.
+anonymizer_local.evaluation.match + average_precision), so these figures equal `anonymize eval`.
 Working resolution: upscale so the long side is >= 416 (plates_data.MIN_LONG_SIDE), pad to
 multiples of 32; dashcam 1280x720 runs as is.
 """
@@ -21,8 +21,8 @@ import numpy as np
 
 from anonymizer.detection import decode as decode_peaks
 from anonymizer.detection import nms
-from anonymizer.evaluation import average_precision
-from anonymizer.evaluation import match as hit_flags
+from anonymizer_local.evaluation import average_precision
+from anonymizer_local.evaluation import match as hit_flags
 from training import plates_data as D
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -58,7 +58,7 @@ def detect(sess, bgr, threshold, min_long=D.MIN_LONG_SIDE):
 
 
 def match(dets, gts, iou_thr):
-    """Greedy matching by score over images (anonymizer.evaluation.match per image).
+    """Greedy matching by score over images (anonymizer_local.evaluation.match per image).
     Returns (tp flags sorted by score, scores sorted, n_gt)."""
     hits = [hit_flags(gt, boxes, scores, iou_thr) for (boxes, scores), gt in zip(dets, gts, strict=True)]
     scores = np.concatenate([s for _, s in dets]) if dets else np.zeros(0)

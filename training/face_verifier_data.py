@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from anonymizer.detection import CenterNetDetector, ModelCard
-from anonymizer.evaluation import iou_matrix, load_coco
+from anonymizer_local.evaluation import iou_matrix, load_coco
 
 from .plates_data import dhash
 

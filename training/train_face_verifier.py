@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from anonymizer.evaluation import average_precision, match
+from anonymizer_local.evaluation import average_precision, match
 
 from .face_verifier_data import CACHE, CAR_SOURCES, audited, label_proposals, load_proposals, near
 

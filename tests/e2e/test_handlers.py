@@ -14,8 +14,8 @@ import pytest
 from lambda_env import mock_lambda_env
 
 from anonymizer import imageio
-from anonymizer.aws.local import FakeLambdaContext, api_event, load_function, run_local_s3_flow
 from anonymizer.detection import available_models
+from anonymizer_local.emulator import FakeLambdaContext, api_event, load_function, run_local_s3_flow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 TARGETS = "face,plate" if "plate" in available_models() else "face"

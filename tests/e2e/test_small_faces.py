@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from anonymizer.detection import get_detector
-from anonymizer.evaluation import iou_matrix, load_coco
+from anonymizer_local.evaluation import iou_matrix, load_coco
 
 pytestmark = pytest.mark.e2e
 

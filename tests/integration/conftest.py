@@ -13,7 +13,14 @@ from types import ModuleType
 import pytest
 
 import anonymizer.aws as aws
-from anonymizer.aws.local import LocalAws, LocalAwsNames, aws_environment, create_resources, free_port, load_function
+from anonymizer_local.emulator import (
+    LocalAws,
+    LocalAwsNames,
+    aws_environment,
+    create_resources,
+    free_port,
+    load_function,
+)
 
 NAMES = LocalAwsNames(
     input_bucket="it-input",

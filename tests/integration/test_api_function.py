@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from anonymizer.aws.local import FakeLambdaContext, LocalApi, api_event
+from anonymizer_local.emulator import FakeLambdaContext, api_event
+from anonymizer_local.server import LocalApi
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 

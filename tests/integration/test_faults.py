@@ -42,8 +42,8 @@ from botocore.exceptions import ReadTimeoutError
 
 import anonymizer.aws as aws
 from anonymizer.aws import s3_flow
-from anonymizer.aws.local import FakeLambdaContext, sqs_event
 from anonymizer.options import parse_options
+from anonymizer_local.emulator import FakeLambdaContext, sqs_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 

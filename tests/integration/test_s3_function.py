@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anonymizer.aws.local import FakeLambdaContext, run_local_s3_flow, sqs_event
+from anonymizer_local.emulator import FakeLambdaContext, run_local_s3_flow, sqs_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 

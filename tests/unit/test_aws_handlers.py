@@ -14,7 +14,7 @@ from lambda_env import mock_lambda_env
 import anonymizer.aws as aws
 from anonymizer import imageio
 from anonymizer.aws import api_flow
-from anonymizer.aws.local import FakeLambdaContext, LocalAwsNames, api_event, load_function
+from anonymizer_local.emulator import FakeLambdaContext, LocalAwsNames, api_event, load_function
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 # Requests that only fail or read add no metric; Powertools warns about that, harmlessly.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from moto import mock_aws
 from anonymizer.aws import s3_flow
 from anonymizer.aws.s3_flow import ConfigurationError, FlowConfig, ObjectRef, process_object
 from anonymizer.aws.storage import S3Storage
-from anonymizer.errors import ImageTooLargeError, InvalidImageError, InvalidOptionsError
+from anonymizer.errors import DetectionError
 from anonymizer.options import Options
 
 IN, OUT = "in-bucket", "out-bucket"
@@ -133,20 +134,42 @@ def test_tags_override_metadata(s3):
     assert fake.calls[0][1].face.effect == "fill"
 
 
-def test_corrupt_object_fails_and_publishes_nothing(s3):
+def _tags(s3, bucket, key):
+    return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+
+
+def _failure_report(s3, key):
+    return json.loads(s3.get_object(Bucket=OUT, Key=key + ".report.json")["Body"].read())
+
+
+def assert_failed_once(s3, summary, key, code, words):
+    """A permanent failure: status failed (no raise: no retry), no image, ONE failure report with
+    the full message, and codes only in the tags."""
+    assert summary["status"] == "failed" and summary["error"] == code
+    assert _output_keys(s3) == [key + ".report.json"]  # the report only, never an image
+    report = _failure_report(s3, key)
+    assert report["status"] == "failed" and report["error"] == code and words in report["message"]
+    assert _tags(s3, OUT, key + ".report.json") == {"anonymizer-status": "failed", "anonymizer-error": code}
+    tags = _tags(s3, IN, key)
+    assert tags["anonymizer-status"] == "failed" and tags["anonymizer-error"] == code
+    assert "anonymizer-message" not in tags  # tag values garbled messages: codes only
+
+
+def test_corrupt_object_fails_once_and_publishes_nothing(s3):
     ref = _put(s3, "bad.jpg", b"\xff\xd8\xff" + b"garbage" * 10)
-    with pytest.raises(InvalidImageError):
-        process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
-    assert _output_keys(s3) == []
-    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=IN, Key="bad.jpg")["TagSet"]}
-    assert tags["anonymizer-status"] == "failed" and tags["anonymizer-error"] == "invalid_image"
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    assert_failed_once(s3, summary, "bad.jpg", "invalid_image", "corrupt image")
 
 
-def test_detector_crash_fails_closed_without_failure_tag(s3):
+def test_detector_crash_is_transient_raises_and_records_nothing(s3):
     ref = _put(s3, "ok.jpg", make_jpeg(), Tagging="owner=me")
     with pytest.raises(RuntimeError):
         process_object(
             ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(fail_with=RuntimeError("onnx")), config=CONFIG
+        )
+    with pytest.raises(DetectionError):  # a 5xx-like AnonymizerError is retried too
+        process_object(
+            ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(fail_with=DetectionError("x")), config=CONFIG
         )
     assert _output_keys(s3) == []
     assert s3.get_object_tagging(Bucket=IN, Key="ok.jpg")["TagSet"] == [{"Key": "owner", "Value": "me"}]
@@ -154,19 +177,28 @@ def test_detector_crash_fails_closed_without_failure_tag(s3):
 
 def test_failure_tags_keep_existing_tags(s3):
     ref = _put(s3, "bad.jpg", b"nope", Tagging="owner=me&anonymize-targets=face")
-    with pytest.raises(InvalidImageError):
-        process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
-    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=IN, Key="bad.jpg")["TagSet"]}
+    process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    tags = _tags(s3, IN, "bad.jpg")
     assert tags["owner"] == "me" and tags["anonymize-targets"] == "face" and tags["anonymizer-status"] == "failed"
+
+
+def test_too_large_message_is_whole_in_the_report_not_garbled_in_tags(s3):
+    """Regression: the message used to go into a tag, where ':' and ';' became '_' ("bytes_ the limit is")."""
+    ref = ObjectRef(bucket=IN, key="huge.jpg", etag="abc", size=CONFIG.max_object_bytes + 1)
+    s3.put_object(Bucket=IN, Key="huge.jpg", Body=b"x")  # so that there is an input to tag
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    message = _failure_report(s3, "huge.jpg")["message"]
+    assert message == f"object is {ref.size} bytes; the limit is 100000 bytes (MAX_OBJECT_BYTES)"
+    assert summary["message"] == message and "_ the limit" not in json.dumps(_tags(s3, IN, "huge.jpg"))
 
 
 def test_too_large_by_event_size_is_rejected_without_any_read(s3, monkeypatch):
     ref = ObjectRef(bucket=IN, key="huge.jpg", etag="abc", size=CONFIG.max_object_bytes + 1)
     storage = S3Storage(s3)
     monkeypatch.setattr(storage, "read", lambda *a, **k: pytest.fail("read an object over the limit"))
-    with pytest.raises(ImageTooLargeError):
-        process_object(ref, storage=storage, anonymizer=FakeAnonymizer(), config=CONFIG)
-    assert _output_keys(s3) == []
+    summary = process_object(ref, storage=storage, anonymizer=FakeAnonymizer(), config=CONFIG)
+    assert summary["status"] == "failed" and summary["error"] == "image_too_large"
+    assert _output_keys(s3) == ["huge.jpg.report.json"]
 
 
 def test_too_large_by_head_is_rejected_before_download(s3, monkeypatch):
@@ -175,22 +207,85 @@ def test_too_large_by_head_is_rejected_before_download(s3, monkeypatch):
     storage = S3Storage(s3)
     monkeypatch.setattr(storage.client, "get_object", lambda **k: pytest.fail("downloaded"))
     fake = FakeAnonymizer()
-    with pytest.raises(ImageTooLargeError):
-        process_object(ref, storage=storage, anonymizer=fake, config=CONFIG)
-    assert fake.calls == [] and _output_keys(s3) == []
+    summary = process_object(ref, storage=storage, anonymizer=fake, config=CONFIG)
+    monkeypatch.undo()  # reading the report back is the test's own download
+    assert fake.calls == []
+    assert_failed_once(s3, summary, "big.jpg", "image_too_large", "the limit is 100000 bytes")
 
 
 def test_deployment_only_option_is_refused(s3):
     ref = _put(s3, "m.jpg", make_jpeg(), Metadata={"anonymize-max-pixels": "999999999"})
-    with pytest.raises(InvalidOptionsError, match="ANONYMIZER_MAX_PIXELS"):
-        process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    assert_failed_once(s3, summary, "m.jpg", "invalid_options", "ANONYMIZER_MAX_PIXELS")
 
 
 def test_unknown_object_option_is_refused(s3):
     ref = _put(s3, "u.jpg", make_jpeg(), Metadata={"anonymize-sparkle": "yes"})
-    with pytest.raises(InvalidOptionsError, match="unknown option"):
-        process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
-    assert _output_keys(s3) == []
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    assert_failed_once(s3, summary, "u.jpg", "invalid_options", "unknown option")
+
+
+def test_logo_effect_is_refused_with_a_message_that_says_where_it_works(s3):
+    """Regression: effect=logo was accepted by the parser's table but could never get a logo here."""
+    ref = _put(s3, "l.jpg", make_jpeg(), Metadata={"anonymize-effect": "logo"})
+    fake = FakeAnonymizer()
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=fake, config=CONFIG)
+    assert fake.calls == []
+    assert_failed_once(s3, summary, "l.jpg", "invalid_options", "only the CLI and the library")
+
+
+def test_output_carries_no_source_etag(s3):
+    """Regression: the original's ETag (its MD5) was copied into the output's metadata."""
+    body = make_jpeg(seed=4)
+    ref = _put(s3, "e.jpg", body)
+    process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    md5 = hashlib.md5(body).hexdigest()  # noqa: S324 - what S3's ETag is for a single-part upload
+    head = s3.head_object(Bucket=OUT, Key="e.jpg")
+    assert md5 not in json.dumps(head["Metadata"]) and "anonymizer-source-etag" not in head["Metadata"]
+    assert md5 not in s3.get_object(Bucket=OUT, Key="e.jpg.report.json")["Body"].read().decode()
+
+
+def test_owner_metadata_travels_into_the_report_not_into_options(s3):
+    ref = _put(s3, "w.jpg", make_jpeg(), Metadata={"anonymizer-owner": "abc123"})
+    fake = FakeAnonymizer()
+    process_object(ref, storage=S3Storage(s3), anonymizer=fake, config=CONFIG)
+    report = _failure_report(s3, "w.jpg")
+    assert report["owner"] == "abc123" and report["options"] == {}
+
+
+@pytest.fixture
+def versioned(s3):
+    s3.put_bucket_versioning(Bucket=IN, VersioningConfiguration={"Status": "Enabled"})
+    return s3
+
+
+def _put_versioned(s3, key, body):
+    resp = s3.put_object(Bucket=IN, Key=key, Body=body)
+    return ObjectRef(bucket=IN, key=key, version_id=resp["VersionId"], etag=resp["ETag"].strip('"'), size=len(body))
+
+
+def test_delete_original_removes_that_version_for_good_after_publication(versioned):
+    s3 = versioned
+    ref = _put_versioned(s3, "d.jpg", make_jpeg())
+    config = FlowConfig(output_bucket=OUT, defaults=CONFIG.defaults, max_object_bytes=100_000, delete_original=True)
+    summary = process_object(ref, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=config)
+    assert summary["status"] == "ok" and summary["original_deleted"] is True
+    assert _output_keys(s3) == ["d.jpg", "d.jpg.report.json"]
+    listing = s3.list_object_versions(Bucket=IN)
+    assert listing.get("Versions", []) == [] and listing.get("DeleteMarkers", []) == []  # gone, not hidden
+
+
+def test_delete_original_keeps_failed_inputs_and_the_default_keeps_all(versioned):
+    s3 = versioned
+    bad = _put_versioned(s3, "bad.jpg", b"nope")
+    good = _put_versioned(s3, "good.jpg", make_jpeg())
+    deleting = FlowConfig(output_bucket=OUT, defaults=CONFIG.defaults, delete_original=True)
+    assert process_object(bad, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=deleting)["status"] == (
+        "failed"
+    )
+    summary = process_object(good, storage=S3Storage(s3), anonymizer=FakeAnonymizer(), config=CONFIG)
+    assert summary["original_deleted"] is False
+    assert sorted(v["Key"] for v in s3.list_object_versions(Bucket=IN)["Versions"]) == ["bad.jpg", "good.jpg"]
 
 
 def test_skips_folder_markers_deleted_and_overwritten_objects(s3):
@@ -216,6 +311,10 @@ def test_refuses_to_write_into_the_input_bucket(s3):
 def test_flow_config_from_env():
     config = FlowConfig.from_env({"OUTPUT_BUCKET": OUT, "MAX_OBJECT_BYTES": "123", "ANONYMIZER_FACE_EFFECT": "fill"})
     assert config.max_object_bytes == 123 and config.defaults.face.effect == "fill"
+    assert config.delete_original is False
     assert FlowConfig.from_env({"OUTPUT_BUCKET": OUT}).max_object_bytes == 50 * 1024 * 1024
+    assert FlowConfig.from_env({"OUTPUT_BUCKET": OUT, "DELETE_ORIGINAL": "true"}).delete_original is True
     with pytest.raises(ConfigurationError):
         FlowConfig.from_env({})
+    with pytest.raises(ConfigurationError, match="DELETE_ORIGINAL"):
+        FlowConfig.from_env({"OUTPUT_BUCKET": OUT, "DELETE_ORIGINAL": "yes"})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import base64
+import json
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
+import requests
 from moto import mock_aws
 
 from anonymizer.aws.storage import (
@@ -134,14 +138,49 @@ def test_put_with_content_type_metadata_and_tags(s3):
     assert storage.read_json("in-bucket", "missing.json") is None
 
 
-def test_presigned_urls(s3):
+def test_presigned_post_holds_the_size_limit_and_pins_the_metadata(s3):
+    """Regression: a presigned PUT let any size land (the limit held only after the upload);
+    the POST policy carries content-length-range and pins every signed field."""
     storage = S3Storage()  # its own client: SigV4, as in Lambda
-    url, headers = storage.presign_put("in-bucket", "uploads/abc", expires=60, metadata={"anonymize-targets": "face"})
-    parts = urlsplit(url)
-    assert parts.path.endswith("uploads/abc")
-    query = parse_qs(parts.query)
-    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Expires"] == ["60"]
-    assert "x-amz-meta-anonymize-targets" in query["X-Amz-SignedHeaders"][0]
-    assert headers == {"x-amz-meta-anonymize-targets": "face"}
+    url, fields = storage.presign_post(
+        "in-bucket", "uploads/abc", max_bytes=1234, expires=60, metadata={"anonymize-targets": "face"}
+    )
+    assert urlsplit(url).netloc.startswith("in-bucket.") or urlsplit(url).path.startswith("/in-bucket")
+    assert fields["key"] == "uploads/abc" and fields["x-amz-meta-anonymize-targets"] == "face"
+    assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and fields["x-amz-signature"]
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert ["content-length-range", 1, 1234] in conditions
+    assert {"x-amz-meta-anonymize-targets": "face"} in conditions and {"key": "uploads/abc"} in conditions
+    assert {"bucket": "in-bucket"} in conditions
+    expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 61
+
+
+def test_presigned_post_uploads_to_s3_with_its_metadata(s3):
+    storage = S3Storage(s3)
+    url, fields = storage.presign_post(
+        "in-bucket", "uploads/f", max_bytes=100, metadata={"anonymize-effect": "fill", "anonymizer-owner": "o1"}
+    )
+    req = requests.Request("POST", url, data=fields, files={"file": ("f.jpg", b"12345")}).prepare()
+    session = requests.Session()
+    assert session.send(req).status_code in (200, 201, 204)
+    head = s3.head_object(Bucket="in-bucket", Key="uploads/f")
+    assert head["ContentLength"] == 5
+    assert head["Metadata"] == {"anonymize-effect": "fill", "anonymizer-owner": "o1"}
+
+
+def test_delete_a_version_for_good(s3):
+    s3.put_bucket_versioning(Bucket="in-bucket", VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket="in-bucket", Key="v.jpg", Body=b"1")["VersionId"]
+    s3.put_object(Bucket="in-bucket", Key="v.jpg", Body=b"2")
+    S3Storage(s3).delete("in-bucket", "v.jpg", version_id=first)
+    versions = s3.list_object_versions(Bucket="in-bucket")["Versions"]
+    assert [v["VersionId"] for v in versions] != [] and first not in [v["VersionId"] for v in versions]
+    assert s3.get_object(Bucket="in-bucket", Key="v.jpg")["Body"].read() == b"2"
+
+
+def test_presigned_get(s3):
+    storage = S3Storage()
     get_url = storage.presign_get("in-bucket", "uploads/abc", content_type="image/jpeg")
     assert "response-content-type=image%2Fjpeg" in get_url

@@ -14,10 +14,10 @@ import pytest
 from badinput import CORPUS, FACE_ONLY, IMAGE_CASES, Case
 
 from anonymizer import imageio
-from anonymizer.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, SUFFIX_FOR_FORMAT, main
 from anonymizer.errors import AnonymizerError
 from anonymizer.options import parse_options
 from anonymizer.pipeline import Anonymizer, Result
+from anonymizer_local.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, SUFFIX_FOR_FORMAT, main
 
 TALLY: dict[str, Counter] = {"library": Counter(), "cli": Counter()}
 

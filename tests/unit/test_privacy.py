@@ -649,7 +649,7 @@ def api_fn():
     """functions/api_anonymize/app.py as a cold Lambda container, under moto, at DEBUG."""
     from lambda_env import mock_lambda_env
 
-    from anonymizer.aws.local import load_function
+    from anonymizer_local.emulator import load_function
 
     with mock_lambda_env(
         OUTPUT_BUCKET="privacy-out",
@@ -694,7 +694,7 @@ def use_anonymizer():
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
 def test_api_handler_logs_no_image_content(api_fn, engine, astronaut_jpeg, use_anonymizer, caplog, capsys):
-    from anonymizer.aws.local import FakeLambdaContext, api_event
+    from anonymizer_local.emulator import FakeLambdaContext, api_event
 
     caplog.set_level(logging.DEBUG)  # every logger, Powertools' own and boto's included
     caplog.set_level(logging.DEBUG, logger=api_fn.logger.service)
@@ -800,7 +800,7 @@ class _MustNotRun:
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
 def test_api_refuses_bodies_over_its_payload_limit_with_413(api_fn, engine, use_anonymizer):
     from anonymizer.aws import api_flow
-    from anonymizer.aws.local import FakeLambdaContext, api_event
+    from anonymizer_local.emulator import FakeLambdaContext, api_event
 
     limit = api_flow.MAX_SYNC_BODY_CHARS
     assert limit <= api_flow.SYNC_PAYLOAD_LIMIT and limit % 4 == 0

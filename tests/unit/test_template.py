@@ -88,11 +88,20 @@ def function_env(tpl: dict, name: str) -> dict:
     return env
 
 
-def inline_statements(tpl: dict, name: str) -> list[dict]:
+def inline_statements(tpl: dict, name: str, *, conditional: bool = True) -> list[dict]:
+    """A function's inline policy statements; a statement under ``Fn::If [Cond, st, NoValue]`` counts
+    as ``st`` (granted when the condition holds) unless ``conditional=False``."""
     out = []
     for policy in props(tpl, name).get("Policies", []):
         if isinstance(policy, dict) and "Statement" in policy:
-            out.extend(policy["Statement"])
+            for st in policy["Statement"]:
+                if "Fn::If" in st:
+                    _, granted, otherwise = st["Fn::If"]
+                    assert otherwise == {"Ref": "AWS::NoValue"}, f"{name}: a conditional grant either way"
+                    if conditional:
+                        out.append(granted)
+                else:
+                    out.append(st)
     return out
 
 
@@ -358,8 +367,18 @@ def test_functions_have_least_privilege(tpl):
     assert s3["s3:PutObject"] == {"${OutputBucket.Arn}/*"}  # writes only to the output bucket
     # reads the input; on the output only checks whether an image exists before removing an orphaned report
     assert s3["s3:GetObject"] == {"${InputBucket.Arn}/*", "${OutputBucket.Arn}/*"}
-    assert s3["s3:DeleteObject"] == {"${OutputBucket.Arn}/*"}  # never deletes an input
-    assert not any(r.startswith("${InputBucket") for a, rs in s3.items() if a.startswith("s3:Delete") for r in rs)
+    assert s3["s3:DeleteObject"] == {"${OutputBucket.Arn}/*"}  # never deletes an input by key
+    # an input's version only with DeleteOriginalAfterPublish=true (the grant sits under that condition)
+    assert s3["s3:DeleteObjectVersion"] == {"${InputBucket.Arn}/*"}
+    (conditional,) = [st for st in props(tpl, "S3AnonymizeFunction")["Policies"][0]["Statement"] if "Fn::If" in st]
+    assert conditional["Fn::If"][0] == "DeleteOriginal"
+    unconditional = [st for st in inline_statements(tpl, "S3AnonymizeFunction", conditional=False)]
+    assert not any(
+        "${InputBucket" in _resource_text(r)
+        for st in unconditional
+        if "Delete" in str(st["Action"])
+        for r in as_list(st["Resource"])
+    )
     ddb = [p for p in props(tpl, "S3AnonymizeFunction")["Policies"] if "DynamoDBCrudPolicy" in p]
     assert ddb == [{"DynamoDBCrudPolicy": {"TableName": {"Ref": "IdempotencyTable"}}}]
 
@@ -385,3 +404,151 @@ def test_cfn_lint_passes():
     matches = api.lint_file(TEMPLATE)
     errors = [m for m in matches if str(m.rule.id).startswith(("E", "W"))]
     assert not errors, "\n".join(str(m) for m in errors)
+
+
+# -- retention, monitoring, auth, concurrency (issue 15) ------------------------------------------
+
+
+def _rules(tpl: dict, bucket: str) -> dict[str, dict]:
+    return {r["Id"]: r for r in props(tpl, bucket)["LifecycleConfiguration"]["Rules"]}
+
+
+def test_originals_expire_and_their_versions_with_them(tpl):
+    """Regression: originals (GPS and all) were kept forever in the versioned input bucket."""
+    params = tpl["Parameters"]
+    assert params["OriginalRetentionDays"]["Type"] == "Number"
+    assert 1 <= params["OriginalRetentionDays"]["Default"] <= 7  # a short number of days
+    rule = _rules(tpl, "InputBucket")["expire-originals"]
+    assert rule["Status"] == "Enabled" and "Prefix" not in rule and "Filter" not in rule  # every object
+    assert rule["ExpirationInDays"] == {"Ref": "OriginalRetentionDays"}
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] <= 1  # an expired original is gone a day later
+    assert _rules(tpl, "InputBucket")["remove-expired-delete-markers"]["ExpiredObjectDeleteMarker"] is True
+
+
+def test_delete_original_after_publish_is_a_parameter_reaching_the_function(tpl):
+    param = tpl["Parameters"]["DeleteOriginalAfterPublish"]
+    assert param["Default"] == "false" and set(param["AllowedValues"]) == {"true", "false"}
+    assert function_env(tpl, "S3AnonymizeFunction")["DELETE_ORIGINAL"] == {"Ref": "DeleteOriginalAfterPublish"}
+    assert tpl["Conditions"]["DeleteOriginal"] == {"Fn::Equals": [{"Ref": "DeleteOriginalAfterPublish"}, "true"]}
+
+
+def _alarms(tpl: dict) -> dict[str, dict]:
+    return {k: v["Properties"] for k, v in resources(tpl, "AWS::CloudWatch::Alarm").items()}
+
+
+def test_alarms_notify_a_topic_with_an_email_subscription(tpl):
+    assert "AlarmEmail" in tpl["Parameters"] and tpl["Parameters"]["AlarmEmail"]["Default"] == ""
+    (sub_id, sub) = next(iter(resources(tpl, "AWS::SNS::Subscription").items()))
+    assert sub["Condition"] == "HasAlarmEmail" and sub["Properties"]["Protocol"] == "email"
+    assert sub["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    assert sub["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+    watched = set()
+    for name, alarm in _alarms(tpl).items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], f"{name} tells nobody"
+        dims = {d["Name"]: d["Value"] for d in alarm.get("Dimensions", [])}
+        watched.add((alarm["Namespace"], alarm["MetricName"], json_key(dims)))
+    for fn in FUNCTIONS:
+        for metric in ("Errors", "Throttles"):
+            assert ("AWS/Lambda", metric, json_key({"FunctionName": {"Ref": fn}})) in watched, (fn, metric)
+    assert any(ns == "AWS/SQS" and m == "ApproximateNumberOfMessagesVisible" for ns, m, _ in watched)
+    api_name = props(tpl, "AnonymizerApi")["Name"]
+    assert ("AWS/ApiGateway", "5XXError", json_key({"ApiName": api_name, "Stage": "v1"})) in watched
+    assert props(tpl, "AnonymizerApi")["StageName"] == "v1"
+
+
+def json_key(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def test_every_log_group_has_a_retention_and_the_functions_use_theirs(tpl):
+    groups = resources(tpl, "AWS::Logs::LogGroup")
+    assert groups
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+    for fn in FUNCTIONS:  # a function's own group, made here: Lambda never creates one without retention
+        group = props(tpl, fn)["LoggingConfig"]["LogGroup"]["Ref"]
+        assert group in groups
+    assert tpl["Parameters"]["LogRetentionDays"]["Default"] in tpl["Parameters"]["LogRetentionDays"]["AllowedValues"]
+
+
+def test_api_access_logs_and_s3_server_access_logs(tpl):
+    access = props(tpl, "AnonymizerApi")["AccessLogSetting"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    assert "$context.requestId" in access["Format"] and "$context.status" in access["Format"]
+    for bucket, prefix in (("InputBucket", "input/"), ("OutputBucket", "output/")):
+        logging = props(tpl, bucket)["LoggingConfiguration"]
+        assert logging == {"DestinationBucketName": {"Ref": "AccessLogBucket"}, "LogFilePrefix": prefix}
+    policy = props(tpl, "AccessLogBucketPolicy")["PolicyDocument"]["Statement"]
+    (allow,) = [st for st in policy if st["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "logging.s3.amazonaws.com"} and allow["Action"] == "s3:PutObject"
+    assert _rules(tpl, "AccessLogBucket")["expire-logs"]["ExpirationInDays"] == {"Ref": "LogRetentionDays"}
+    # API Gateway needs the account's CloudWatch role for access logs: optional, conditional
+    assert tpl["Resources"]["ApiGatewayAccount"]["Condition"] == "CreateApiLogRole"
+
+
+def test_reserved_concurrency_parameters_for_both_functions(tpl):
+    for fn, param in (
+        ("S3AnonymizeFunction", "S3FunctionReservedConcurrency"),
+        ("ApiAnonymizeFunction", "ApiFunctionReservedConcurrency"),
+    ):
+        assert tpl["Parameters"][param]["Default"] == 0  # 0: nothing reserved
+        cond, value, otherwise = props(tpl, fn)["ReservedConcurrentExecutions"]["Fn::If"]
+        assert value == {"Ref": param} and otherwise == {"Ref": "AWS::NoValue"}
+        assert tpl["Conditions"][cond] == {"Fn::Not": [{"Fn::Equals": [{"Ref": param}, 0]}]}
+
+
+def test_iam_auth_is_a_parameter_beside_the_api_key(tpl):
+    param = tpl["Parameters"]["ApiAuthorizer"]
+    assert param["Default"] == "" and set(param["AllowedValues"]) == {"", "AWS_IAM"}
+    auth = props(tpl, "AnonymizerApi")["Auth"]
+    assert auth["ApiKeyRequired"] is True  # the key (usage plan) stays either way
+    assert auth["DefaultAuthorizer"] == {"Ref": "ApiAuthorizer"}  # SAM resolves parameter Refs in Auth
+
+
+# -- checkov ------------------------------------------------------------------------------------
+
+CHECKOV_CONFIG = ROOT / ".checkov.yaml"
+
+
+def _checkov() -> str | None:
+    """checkov lives in its own venv (.venv-checkov, `make checkov-venv`): its pins (networkx<2.7,
+    boto3==1.35.49) conflict with the dev extra's; CHECKOV names another binary."""
+    import os
+    import shutil
+
+    for candidate in (os.environ.get("CHECKOV"), str(ROOT / ".venv-checkov" / "bin" / "checkov")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return shutil.which("checkov")
+
+
+def test_checkov_passes_with_only_the_reasoned_skips():
+    import json
+    import subprocess
+
+    checkov = _checkov()
+    if checkov is None:
+        pytest.skip("checkov is not installed: make checkov-venv")
+    skips = yaml.safe_load(CHECKOV_CONFIG.read_text())["skip-check"]
+    assert len(skips) <= 12, "the skip list is meant to stay short"
+    lines = CHECKOV_CONFIG.read_text().splitlines()
+    for check in skips:  # every skip (or group of skips) has its reason in a comment right above it
+        i = lines.index(f"  - {check}") - 1
+        while lines[i].startswith("  - CKV_"):
+            i -= 1
+        assert lines[i].startswith("  # "), f"{check} is skipped without a reason"
+    proc = subprocess.run(
+        [checkov, "-f", str(TEMPLATE), "--config-file", str(CHECKOV_CONFIG), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / "build"), "BC_SKIP_MAPPING": "TRUE"},
+    )
+    result = json.loads(proc.stdout)
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in result["results"]["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    assert result["summary"]["parsing_errors"] == 0 and result["summary"]["passed"] >= 30
+    assert proc.returncode == 0, proc.stderr[-2000:]

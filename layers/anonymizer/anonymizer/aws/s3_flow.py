@@ -7,18 +7,26 @@ What gets published, in the OUTPUT bucket only (never the input bucket), under t
 * ``<key>.report.json`` — the sidecar report (source, output, counts, models, the pipeline's
   full report with every detection). Written first.
 * ``<key>`` — the anonymized image, written LAST, in one PUT, with its content type,
-  metadata ``anonymizer-faces`` / ``anonymizer-plates`` / ``anonymizer-version`` /
-  ``anonymizer-source-etag`` and tags ``anonymizer-status=ok``,
-  ``anonymizer-model=<model versions>``.
+  metadata ``anonymizer-faces`` / ``anonymizer-plates`` / ``anonymizer-version`` and tags
+  ``anonymizer-status=ok``, ``anonymizer-model=<model versions>``. Nothing of the original's
+  identity travels along (no ETag: it is the original's MD5).
 
-The image is anonymized fully in memory before anything is written, so a failure (corrupt
-image, detector error, option error, too large) raises before any PUT: nothing is published
-for a failed object and the SQS record fails (retries, then the DLQ). The image being the last
-write means: whoever sees the image can also find its report. When the image PUT itself fails,
-the report just written is deleted again (best effort, see :func:`discard_orphan_report`). Failures that retrying cannot
-fix (4xx-like :class:`~anonymizer.errors.AnonymizerError`) are also recorded as tags on the
-*input* object (``anonymizer-status=failed``, ``anonymizer-error=<code>``), best effort, so
-that ``GET /results/{id}`` can say why; no image or report is ever written for them.
+The image is anonymized fully in memory before anything is written, so a failure raises or
+returns before any image PUT: nothing is published for a failed object. Failures come in two kinds:
+
+* **permanent** (a 4xx-like :class:`~anonymizer.errors.AnonymizerError`: not an image, too big,
+  bad options): retrying cannot help, so :func:`record_failure` writes ONE failure report
+  (``<key>.report.json`` with ``status: failed``, the error code and the full message), tags the
+  input object with codes only (``anonymizer-status=failed``, ``anonymizer-error=<code>``), and
+  the summary says ``status: failed``: the SQS record succeeds, no retry, no DLQ trip.
+* **transient** (detector errors, S3 errors, anything else): raised, so the record is retried
+  and, after 3 receives, lands in the DLQ (whose alarm notifies someone).
+
+The image being the last write means: whoever sees the image can also find its report. When the
+image PUT itself fails, the report just written is deleted again (best effort, see
+:func:`discard_orphan_report`). With ``DELETE_ORIGINAL=true`` the input object's version is deleted
+for good once its anonymized copy is published (best effort; the bucket's retention rule is the
+backstop).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from ..options import Options, options_from_env, parse_options
 from . import report_counts, report_models, request_option_values
 from .storage import (
     DEFAULT_MAX_OBJECT_BYTES,
+    OWNER_METADATA,
     ObjectChangedError,
     ObjectNotFoundError,
     S3Storage,
@@ -77,18 +86,24 @@ class FlowConfig:
     output_bucket: str
     defaults: Options = field(default_factory=Options)
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    delete_original: bool = False  # delete the input object's version once its copy is published
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FlowConfig:
-        """OUTPUT_BUCKET (required), MAX_OBJECT_BYTES (default 50 MB), ANONYMIZER_* defaults."""
+        """OUTPUT_BUCKET (required), MAX_OBJECT_BYTES (default 50 MB), DELETE_ORIGINAL (``true``/
+        ``false``, default false), ANONYMIZER_* defaults."""
         env = os.environ if env is None else env
         output = env.get("OUTPUT_BUCKET", "")
         if not output:
             raise ConfigurationError("OUTPUT_BUCKET is not set")
+        delete = (env.get("DELETE_ORIGINAL") or "false").strip().lower()
+        if delete not in ("true", "false"):
+            raise ConfigurationError(f"DELETE_ORIGINAL must be true or false; got {delete!r}")
         return cls(
             output_bucket=output,
             defaults=options_from_env(env),
             max_object_bytes=int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_OBJECT_BYTES),
+            delete_original=delete == "true",
         )
 
 
@@ -189,8 +204,9 @@ def process_object(
     object after its image is written (``Object Anonymized``) or when it cannot be anonymized
     (``Object Failed``); a failed ``PutEvents`` after the write raises, so the record is retried.
 
-    ``summary["status"]`` is ``"ok"`` or ``"skipped"`` (folder marker, object deleted or
-    overwritten since the event). Any failure raises and nothing is written to the output bucket.
+    ``summary["status"]`` is ``"ok"``, ``"skipped"`` (folder marker, object deleted or
+    overwritten since the event) or ``"failed"`` (a permanent failure, recorded by
+    :func:`record_failure`; no image published). Transient failures raise and publish nothing.
     """
     if ref.bucket == config.output_bucket:
         raise ConfigurationError("refusing to process the output bucket (OUTPUT_BUCKET == input bucket)")
@@ -202,10 +218,7 @@ def process_object(
         error = ImageTooLargeError(
             f"object is {ref.size} bytes; the limit is {config.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
         )
-        if events is not None:
-            events.object_failed_once(storage, ref, error)
-        mark_failed(storage, ref, error)
-        raise error
+        return record_failure(storage, ref, error, config, events=events)
 
     started = time.perf_counter()
     try:
@@ -221,10 +234,9 @@ def process_object(
     except ObjectChangedError:
         return {**base, "status": "skipped", "reason": "object was overwritten; its own event follows"}
     except AnonymizerError as exc:
-        if events is not None:
-            events.object_failed_once(storage, ref, exc)
-        mark_failed(storage, ref, exc)
-        raise
+        if not is_permanent(exc):
+            raise  # maybe transient (detector): the retry may succeed
+        return record_failure(storage, ref, exc, config, events=events)
     latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
 
     counts = report_counts(result.report)
@@ -234,7 +246,9 @@ def process_object(
         "status": "ok",
         "anonymizer_version": __version__,
         "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": {**base, "etag": obj.info.etag, "version_id": obj.info.version_id, "size": obj.info.size},
+        # no ETag: it is the original's MD5, and the output must not identify the original
+        "source": {"bucket": ref.bucket, "key": ref.key, "version_id": obj.info.version_id, "size": obj.info.size},
+        "owner": obj.info.metadata.get(OWNER_METADATA, ""),
         "output": {
             "bucket": config.output_bucket,
             "key": out_key,
@@ -259,7 +273,6 @@ def process_object(
                 "anonymizer-faces": str(counts["face"]),
                 "anonymizer-plates": str(counts["plate"]),
                 "anonymizer-version": __version__,
-                "anonymizer-source-etag": obj.info.etag,
             },
             tags={"anonymizer-status": "ok", "anonymizer-model": model_tag(models)},
         )
@@ -272,6 +285,7 @@ def process_object(
         events.object_anonymized(
             sidecar, report_key=report_key(out_key), put_response=put_response, trigger=trigger_of(ref.event_name)
         )
+    original_deleted = config.delete_original and delete_original(storage, ref, obj.info.version_id)
     return {
         **base,
         "etag": obj.info.etag,
@@ -287,6 +301,7 @@ def process_object(
         "bytes_in": obj.info.size,
         "bytes_out": len(result.data),
         "latency_ms": latency_ms,
+        "original_deleted": original_deleted,
     }
 
 
@@ -308,22 +323,82 @@ def discard_orphan_report(storage: S3Storage, bucket: str, key: str) -> None:
             storage.delete(bucket, report_key(key))
 
 
-def mark_failed(storage: S3Storage, ref: ObjectRef, error: AnonymizerError) -> None:
-    """Best effort: tag the INPUT object with why it cannot be anonymized (permanent errors only).
+def is_permanent(error: BaseException) -> bool:
+    """A failure that retrying cannot fix: a 4xx-like AnonymizerError (not an image, too big, bad options)."""
+    return isinstance(error, AnonymizerError) and error.http_status < 500
 
-    Only tags change (no new object version, no ObjectCreated event); a missing permission or
-    any S3 error is ignored because the record fails anyway.
+
+def record_failure(
+    storage: S3Storage, ref: ObjectRef, error: AnonymizerError, config: FlowConfig, *, events: Any = None
+) -> dict[str, Any]:
+    """Record a permanent failure once and return the ``status: failed`` summary (no retry follows).
+
+    Writes the failure report (``<key>.report.json`` in the output bucket, ``status: failed``, the
+    error code and its full message) and tags the INPUT object with codes only
+    (``anonymizer-status=failed``, ``anonymizer-error=<code>``): S3 tag values allow few characters,
+    and a message squeezed into them came out garbled. Only tags change on the input (no new object
+    version, no ObjectCreated event). Both writes are best effort: an S3 error leaves the other in place.
     """
-    if getattr(error, "http_status", 500) >= 500:
-        return  # maybe transient (detector): the retry may succeed
-    with contextlib.suppress(Exception):  # best effort: never mask the real error
-        storage.add_tags(
-            ref.bucket,
-            ref.key,
-            {
-                "anonymizer-status": "failed",
-                "anonymizer-error": getattr(error, "code", "error"),
-                "anonymizer-message": str(error),
-            },
-            version_id=ref.version_id,
+    code = getattr(error, "code", "error")
+    owner = ""
+    with contextlib.suppress(Exception):  # who uploaded, so that GET /results/{id} answers only them
+        info = storage.head(ref.bucket, ref.key, version_id=ref.version_id)
+        owner = info.metadata.get(OWNER_METADATA, "") if info is not None else ""
+    report = {
+        "status": "failed",
+        "anonymizer_version": __version__,
+        "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": {"bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id, "size": ref.size},
+        "owner": owner,
+        "error": code,
+        "message": str(error),
+    }
+    report_written = False
+    with contextlib.suppress(Exception):  # best effort: the summary still says why
+        storage.put_json(
+            config.output_bucket,
+            report_key(ref.key),
+            report,
+            tags={"anonymizer-status": "failed", "anonymizer-error": code},
         )
+        report_written = True
+    if events is not None:  # before the tags: they tell a redelivery that it was announced already
+        events.object_failed_once(storage, ref, error)
+    mark_failed(storage, ref, error)
+    return {
+        "bucket": ref.bucket,
+        "key": ref.key,
+        "version_id": ref.version_id,
+        "status": "failed",
+        "error": code,
+        "message": str(error),
+        "report_key": report_key(ref.key) if report_written else None,
+    }
+
+
+def mark_failed(storage: S3Storage, ref: ObjectRef, error: AnonymizerError) -> None:
+    """Best effort: tag the INPUT object ``anonymizer-status=failed``, ``anonymizer-error=<code>``.
+
+    Codes only: the message lives in the failure report. Only tags change (no new object version,
+    no ObjectCreated event); a missing permission or any S3 error is ignored.
+    """
+    code = getattr(error, "code", "error")
+    with contextlib.suppress(Exception):
+        storage.add_tags(
+            ref.bucket, ref.key, {"anonymizer-status": "failed", "anonymizer-error": code}, version_id=ref.version_id
+        )
+
+
+def delete_original(storage: S3Storage, ref: ObjectRef, version_id: str | None) -> bool:
+    """Best effort, after publication: delete the very version that was anonymized, for good.
+
+    Only by version id: in a bucket without versioning a delete by key could remove a newer upload
+    that arrived meanwhile and was not processed yet, so nothing is deleted there.
+    """
+    if not version_id:
+        return False
+    try:
+        storage.delete(ref.bucket, ref.key, version_id=version_id)
+    except Exception:  # noqa: BLE001 - the retention rule deletes it later; publication stands
+        return False
+    return True

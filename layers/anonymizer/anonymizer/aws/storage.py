@@ -4,7 +4,9 @@
   the limit before a single byte of them is downloaded.
 * :meth:`S3Storage.put` writes bytes with content type, user metadata and tags;
   :meth:`S3Storage.delete` removes one object.
-* :meth:`S3Storage.presign_put` / :meth:`S3Storage.presign_get` hand out presigned URLs.
+* :meth:`S3Storage.presign_post` / :meth:`S3Storage.presign_get` hand out presigned uploads and
+  downloads; the POST policy carries a ``content-length-range`` so S3 itself refuses an upload
+  over the limit (a presigned PUT cannot bound the size: 5 GB would land before we could say no).
 * :func:`object_option_values` turns an object's ``anonymize-*`` metadata and tags into the
   flat option map that :func:`anonymizer.options.parse_options` reads.
 
@@ -25,6 +27,9 @@ from ..options import METADATA_PREFIX, metadata_key, normalize_key
 
 DEFAULT_MAX_OBJECT_BYTES = 50 * 1024 * 1024
 OPTION_PREFIX = METADATA_PREFIX  # spelled by the option table (anonymizer.options)
+# Who uploaded (a digest of the API caller, signed into the presigned POST): GET /results/{id}
+# answers only that caller. Not an option: "anonymizer-owner" does not start with "anonymize-".
+OWNER_METADATA = "anonymizer-owner"
 MAX_TAGS = 10  # S3 allows at most 10 tags per object
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 
@@ -217,9 +222,13 @@ class S3Storage:
             kwargs["CacheControl"] = cache_control
         return self.client.put_object(**kwargs)
 
-    def delete(self, bucket: str, key: str) -> None:
-        """Delete one object (no error when it does not exist)."""
-        self.client.delete_object(Bucket=bucket, Key=key)
+    def delete(self, bucket: str, key: str, *, version_id: str | None = None) -> None:
+        """Delete one object (no error when it does not exist); with ``version_id``, that version
+        for good (in a versioned bucket a plain delete only hides the data behind a delete marker)."""
+        kwargs = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        self.client.delete_object(**kwargs)
 
     def put_json(self, bucket: str, key: str, value: Any, **kwargs: Any) -> dict:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
@@ -240,26 +249,28 @@ class S3Storage:
 
     # -- presigned URLs -----------------------------------------------------------------------
 
-    def presign_put(
+    def presign_post(
         self,
         bucket: str,
         key: str,
         *,
+        max_bytes: int,
         expires: int = 900,
         metadata: Mapping[str, str] | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """A presigned PUT URL and the headers the client must send with it.
+        """A presigned POST (browser-form upload): the URL and the form fields to send before the file.
 
-        User metadata is part of the signature, so the client has to send exactly the
-        returned ``x-amz-meta-*`` headers.
+        The signed policy pins the key and every ``x-amz-meta-*`` field to exactly these values
+        and holds the size to ``1..max_bytes`` bytes: S3 refuses a bigger (or empty) file with
+        ``EntityTooLarge`` before storing it, so the size limit holds at upload time.
         """
-        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        headers: dict[str, str] = {}
-        if metadata:
-            params["Metadata"] = dict(metadata)
-            headers = {f"x-amz-meta-{k}": v for k, v in metadata.items()}
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires)
-        return url, headers
+        fields = {f"x-amz-meta-{k}": str(v) for k, v in (metadata or {}).items()}
+        conditions: list[Any] = [{name: value} for name, value in fields.items()]
+        conditions.append(["content-length-range", 1, int(max_bytes)])
+        post = self.client.generate_presigned_post(
+            bucket, key, Fields=dict(fields), Conditions=conditions, ExpiresIn=expires
+        )
+        return post["url"], {str(k): str(v) for k, v in post["fields"].items()}
 
     def presign_get(self, bucket: str, key: str, *, expires: int = 900, content_type: str | None = None) -> str:
         params = {"Bucket": bucket, "Key": key}
