@@ -5,16 +5,15 @@ so that the decompression-bomb guard holds from the header for these formats too
 image's ``ispe`` gives its size, and the largest ``ispe`` of any item (a tile, a thumbnail, an
 auxiliary image) is counted as well, since a decoder may allocate that much.
 
-Decoding: HEIC with ``pi-heif`` (libheif + libde265, LGPL, decoder only: no x265 in the wheel),
+Decoding: HEIC with pi-heif's libheif + libde265 (LGPL, decoder only: no x265 in the wheel),
 which applies ``irot``/``imir`` itself; AVIF with OpenCV's own AVIF reader (libavif, in the
 opencv-python-headless wheel already), which does not, so the probe turns them into the EXIF
-orientation that shows the same and imageio applies it like any other. ``pi-heif`` is imported on
-first use only. EXIF orientation inside a HEIF file is ignored, as the HEIF standard says.
+orientation that shows the same and imageio applies it like any other. libheif is loaded on first
+use only. EXIF orientation inside a HEIF file is ignored, as the HEIF standard says.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -285,20 +284,43 @@ def markers(data: bytes) -> list[str]:
     return found
 
 
+_HEIC_CHANNELS = {"L": 1, "BGR": 3, "BGRA": 4}
+HEIC_DECODE_THREADS = 4  # libheif decodes the tiles of a grid image (iPhone: 512 px tiles) side by side
+
+
 def read_heic(data: bytes, header: Header) -> np.ndarray:
-    """Upright BGR(A) or grey uint8 samples of the primary image, via libheif (pi-heif)."""
-    import pi_heif
+    """Upright BGR(A) or grey uint8 samples of the primary image, via libheif.
+
+    Calls pi-heif's C extension ``_pi_heif`` directly: the ``pi_heif`` package imports Pillow, which
+    the Lambda layer does not ship (pinned pi-heif==1.4.0; ``load_file``'s arguments are those of
+    ``pi_heif.open_heif``: threads, convert_hdr_to_8bit, bgr_mode, remove_stride, hdr_to_16bit,
+    preferred_decoder, disable_security_limits).
+    """
+    import _pi_heif
 
     try:
-        heif = pi_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True, bgr_mode=True)
-        if len(heif) > 1:
+        images = [i for i in _pi_heif.load_file(data, HEIC_DECODE_THREADS, True, True, True, True, "", False) if i]
+        if len(images) > 1:
             raise UnsupportedImageError(
-                f"HEIC with {len(heif)} images is not supported: only the primary one could be "
+                f"HEIC with {len(images)} images is not supported: only the primary one could be "
                 "anonymized, so we refuse rather than drop the others"
             )
-        samples = np.array(heif, copy=True)  # a copy while ``heif`` (which owns the buffer) is alive
+        if not images:
+            raise InvalidImageError("corrupt heic file (no image)")
+        image = images[0]
+        (width, height), mode = image.size_mode
+        channels = _HEIC_CHANNELS.get(mode)
+        if channels is None:
+            raise UnsupportedImageError(f"HEIC in mode {mode} is not supported")
+        samples = np.frombuffer(image.data, dtype=np.uint8)  # decodes
+        stride = image.stride
     except (ValueError, EOFError, SyntaxError, RuntimeError) as exc:
         raise InvalidImageError("corrupt heic file (decoder failed)") from exc
-    if samples.ndim == 3 and samples.shape[2] == 1:
-        samples = samples[:, :, 0]
-    return samples
+    if stride < width * channels or samples.size < stride * height:
+        raise InvalidImageError("corrupt heic file (decoder returned too little data)")
+    rows = samples[: stride * height].reshape(height, stride)[:, : width * channels]
+    return (
+        rows.reshape(height, width, channels).squeeze(axis=2).copy()
+        if channels == 1
+        else rows.reshape(height, width, channels).copy()
+    )
