@@ -6,46 +6,116 @@
     anonymize local-run [INPUT...] -o OUTDIR    the whole S3 flow on moto's S3 server
     anonymize serve                             the API on http://127.0.0.1:8080
 
-Exit codes: 0 every image done; 3 some images failed (partial); 1 none done;
-2 bad usage or options.
+Options come from the option table (``anonymizer.options``): a flag per key, ``--set KEY=VALUE``,
+and ``ANONYMIZER_<KEY>`` environment defaults, in that order of precedence (flags win).
+
+Exit codes: 0 every image done; 3 some images failed (partial); 1 none done, or a server could
+not start; 2 bad usage or options (nothing was done). Problems are one line on stderr, never a
+traceback.
+
+A subcommand is one entry of :data:`COMMANDS`: a function that adds its arguments and a
+function that runs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import AnonymizerError, InvalidOptionsError
-from .options import OPTIONS, Options, OptionSpec, cli_flag, options_from_env, parse_options, parse_settings
+from anonymizer.errors import AnonymizerError, InvalidOptionsError
+from anonymizer.options import (
+    OPTIONS,
+    SPECS,
+    Options,
+    OptionSpec,
+    cli_flag,
+    options_from_env,
+    parse_options,
+    parse_settings,
+)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-SUFFIX_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "bmp": ".bmp", "tiff": ".tiff"}
+from .files import SUFFIX_FOR_FORMAT, InputFile, OutputClaims, expand_inputs, output_name, plan_inputs, write_atomically
+
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "SUFFIX_FOR_FORMAT", "main"]
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-SUBCOMMANDS = ("detect", "eval", "local-run", "serve")
+JOBS_MAX = 16  # images in flight; each holds its decoded pixels and buffers
+
+
+class CommandError(Exception):
+    """A problem worth one line on stderr and an exit code (2 unless said otherwise)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what it accepts and what it does."""
+
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
-    if command != "run":
+    name = argv[0] if argv and argv[0] in COMMANDS and argv[0] != "run" else "run"
+    if name != "run":
         argv = argv[1:]
-    parser = _PARSERS[command]()
-    args = parser.parse_args(argv)
+    args = build_parser(name).parse_args(argv)  # exits 2 with argparse's one-line message on bad usage
     try:
-        return _COMMANDS[command](args)
-    except InvalidOptionsError as exc:
+        return COMMANDS[name].run(args)
+    except (CommandError, InvalidOptionsError) as exc:
         print(f"anonymize: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("anonymize: interrupted", file=sys.stderr)
+        return 130
 
 
-# --- argument parsing -------------------------------------------------------------------------
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of one subcommand (``run`` is the default command)."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(
+        prog="anonymize" if name == "run" else f"anonymize {name}",
+        description=__doc__ if name == "run" else command.description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.arguments(parser)
+    return parser
+
+
+# --- argument types and option flags --------------------------------------------------------------
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _score(raw: str) -> float:
+    """A detection score floor, within the threshold option's range."""
+    try:
+        return SPECS["threshold"].parse(raw, "score")
+    except InvalidOptionsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_option_flags(parser: argparse.ArgumentParser, effects: bool = True) -> None:
@@ -56,9 +126,8 @@ def _add_option_flags(parser: argparse.ArgumentParser, effects: bool = True) -> 
             continue
         for key in spec.flat_keys():
             if "." in key:
-                text = (
-                    argparse.SUPPRESS if spec.key not in _SHOWN_PER_TARGET else f"{spec.key} for {key.split('.')[0]}s"
-                )
+                shown = spec.key in _SHOWN_PER_TARGET
+                text = f"{spec.key} for {key.split('.')[0]}s" if shown else argparse.SUPPRESS
             else:
                 text = spec.help + _range_text(spec)
             group.add_argument(cli_flag(key), dest=_dest(key), metavar=_metavar(spec), help=text)
@@ -79,176 +148,172 @@ def _metavar(spec: OptionSpec) -> str:
 
 
 def _range_text(spec: OptionSpec) -> str:
-    if spec.minimum is not None:
-        return f" [{spec.minimum:g}..{spec.maximum:g}]"
-    return ""
+    return f" [{spec.minimum:g}..{spec.maximum:g}]" if spec.minimum is not None else ""
 
 
 def _options_from_args(args: argparse.Namespace) -> Options:
     """Environment defaults (ANONYMIZER_*), then the flags, then --set; the logo file is checked here."""
     values = {key[len("option:") :]: v for key, v in vars(args).items() if key.startswith("option:") and v is not None}
     values.update(parse_settings(getattr(args, "set", [])))
-    logo = None
-    if getattr(args, "logo", None):
-        logo = _read_logo(args.logo)
+    logo = _read_logo(args.logo) if getattr(args, "logo", None) else None
     options = parse_options(values, logo=logo, defaults=options_from_env(os.environ))
     if logo is not None and not any(options.for_target(t).effect == "logo" for t in options.targets):
-        raise InvalidOptionsError("--logo is only used with --effect logo (or --face-effect/--plate-effect logo)")
+        raise CommandError("--logo is only used with --effect logo (or --face-effect/--plate-effect logo)")
     return options
 
 
 def _read_logo(path: Path) -> bytes:
-    """The logo's bytes, refused up front (exit 2) unless they are a PNG with an alpha channel."""
+    """The logo's bytes, refused up front (exit 2) unless the library can use them as a logo."""
+    from anonymizer.effects import load_logo
+
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidOptionsError(f"cannot read logo {path}: {exc.strerror}") from None
-    from .effects import load_logo
-
+        raise CommandError(f"cannot read logo {path}: {exc.strerror}") from None
     try:
         load_logo(data)  # the library's own check, once, instead of a failure per image
     except InvalidOptionsError as exc:
-        raise InvalidOptionsError(f"--logo {path}: {exc}") from None
+        raise CommandError(f"--logo {path}: {exc}") from None
     return data
 
 
-def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anonymize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _output_folder(path: Path) -> Path:
+    """The output folder, created now: a file in its place or an impossible path is a usage error."""
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"-o {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"-o {path}: cannot create the folder ({exc.strerror})") from None
+    return path
+
+
+# --- anonymize (the default command) ---------------------------------------------------------------
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--report", action="store_true", help="also write NAME.report.json beside each output")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
-        "--jobs", type=int, default=2, help="images in flight at once (default 2; memory grows with it)"
+        "--jobs",
+        type=_int_between(1, JOBS_MAX),
+        default=2,
+        help=f"images in flight at once, 1..{JOBS_MAX} (default 2; memory grows with it)",
     )
     _add_option_flags(parser)
-    return parser
 
 
-def _detect_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anonymize detect", description="Detections as JSON lines on stdout.")
-    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    parser.add_argument("--jsonl", action="store_true", help="one JSON object per image (the default and only format)")
-    parser.add_argument("--min-score", type=float, help="report detections down to this score")
-    _add_option_flags(parser, effects=False)
-    return parser
+@dataclass
+class RunSummary:
+    """What a run did, for the closing lines: totals per class, time, images with nothing found."""
 
+    targets: tuple[str, ...]
+    done: int = 0
+    failed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    nothing_found: list[str] = field(default_factory=list)
 
-def _eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anonymize eval", description="Evaluate against a COCO folder.")
-    parser.add_argument("coco_dir", type=Path, help="folder with annotations.json and images/")
-    parser.add_argument("--ids", type=Path, help="JSON file with a list of image ids to evaluate (a split)")
-    parser.add_argument("--ids-key", help="dotted path of the list inside --ids, e.g. web-cars.holdout_image_ids")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--unmatched", type=Path, metavar="DIR", help="write crops of unmatched detections and missed objects here"
-    )
-    parser.add_argument(
-        "--resize", metavar="WxH", help="evaluate every image resized to this size, labels along (e.g. 1920x1080)"
-    )
-    _add_option_flags(parser, effects=False)
-    return parser
+    def add(self, name: str, counts: dict[str, int]) -> None:
+        self.done += 1
+        for label in self.targets:
+            self.counts[label] = self.counts.get(label, 0) + int(counts.get(label, 0))
+        if not any(counts.get(label, 0) for label in self.targets):
+            self.nothing_found.append(name)
 
-
-def _local_run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anonymize local-run",
-        description="Run the whole S3 flow locally: moto's S3 server, buckets, upload, the real S3 function, "
-        "download. Without inputs it uses an embedded sample (a real face from scikit-image).",
-    )
-    parser.add_argument("inputs", nargs="*", help="image files, folders or globs")
-    parser.add_argument("-o", "--output", type=Path, default=Path("out"), help="where results land (default ./out)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="options as object metadata")
-    return parser
-
-
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anonymize serve", description="The API handler behind a local server.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    return parser
-
-
-# --- commands ---------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: list[str]) -> Iterator[tuple[Path, Path]]:
-    """(file, output path relative to the output folder) for files, folders and globs."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-                yield file, file.relative_to(path)
-        elif path.is_file():
-            yield path, Path(path.name)
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                yield path, Path(path.name)  # reported as missing by the caller
-            for match in matches:
-                if Path(match).is_file():
-                    yield Path(match), Path(Path(match).name)
+    def lines(self, total: int, output: Path, seconds: float) -> list[str]:
+        found = ", ".join(f"{self.counts.get(t, 0)} {t}(s)" for t in self.targets)
+        head = f"anonymized {self.done} of {total} image(s) into {output} in {seconds:.1f} s"
+        lines = [head + (f"; {self.failed} failed" if self.failed else "") + (f"; found {found}" if self.done else "")]
+        if self.nothing_found:
+            shown = ", ".join(self.nothing_found[:10])
+            more = f" and {len(self.nothing_found) - 10} more" if len(self.nothing_found) > 10 else ""
+            lines.append(f"nothing found in {len(self.nothing_found)} image(s): {shown}{more}")
+        return lines
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import Anonymizer
+    from anonymizer.pipeline import Anonymizer
 
     options = _options_from_args(args)
+    output = _output_folder(args.output)
+    plan = plan_inputs(args.inputs)
+    show_progress = args.progress if args.progress is not None else (sys.stderr.isatty() and len(plan) > 1)
+    claims = OutputClaims()
+    summary = RunSummary(options.targets)
     anonymizer = Anonymizer()
-    items = list(expand_inputs(args.inputs))
-    show_progress = args.progress if args.progress is not None else (sys.stderr.isatty() and len(items) > 1)
-    done = failed = 0
     started = time.perf_counter()
 
-    def one(item: tuple[Path, Path]) -> str | None:
-        """Anonymize one file; the error message if it failed (nothing is written then)."""
-        source, relative = item
+    def one(item: InputFile) -> dict[str, int] | str:
+        """Anonymize one file: its counts, or the error message (nothing is written then)."""
         try:
-            result = anonymizer.anonymize(_read(source), options)
-            target = (args.output / relative).with_suffix(SUFFIX_FOR_FORMAT[result.format])
-            if target.resolve() == source.resolve():
+            result = anonymizer.anonymize(_read(item.path), options)
+            target = output / output_name(item.relative, result.format)
+            if target.resolve() == item.path.resolve():
                 raise AnonymizerError("output would overwrite the original; choose another output folder")
+            owner = claims.claim(target, str(item.path))
+            if owner is not None:
+                raise AnonymizerError(f"its output {target} is already the output of {owner}; nothing written")
             target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(target, result.data)
+            write_atomically(target, result.data)
             if args.report:
-                report = {"source": str(source), **result.report}
-                _write_atomically(target.with_name(target.name + ".report.json"), json.dumps(report, indent=2).encode())
+                report = {"source": _shown_path(item), **result.report}
+                write_atomically(target.with_name(target.name + ".report.json"), json.dumps(report, indent=2).encode())
         except AnonymizerError as exc:
             return str(exc)
-        return None
+        except OSError as exc:
+            return f"cannot write the output: {exc.strerror}"
+        return dict(result.report.get("counts", {}))
 
-    if items:
+    if plan:
         anonymizer.preload(options.targets)  # once, before the images in flight would race to load
     # A few images in flight: one image's decode, effects and encode (one core each) overlap
     # another's network runs, which keep every core busy on their own.
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for index, ((source, _), error) in enumerate(zip(items, pool.map(one, items), strict=True), 1):
-            if error is None:
-                done += 1
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for index, (item, outcome) in enumerate(zip(plan, pool.map(one, plan), strict=True), 1):
+            if isinstance(outcome, str):
+                summary.failed += 1
+                print(f"anonymize: {item.path}: {outcome}", file=sys.stderr)  # as the user named it
             else:
-                failed += 1
-                print(f"anonymize: {source}: {error}", file=sys.stderr)
+                summary.add(str(item.path), outcome)
             if show_progress:
-                _progress(index, len(items), started)
+                _progress(index, len(plan), started)
     if show_progress:
         print(file=sys.stderr)
-    print(f"anonymized {done} of {len(items)} image(s) into {args.output}" + (f"; {failed} failed" if failed else ""),
-          file=sys.stderr)  # fmt: skip
-    return _exit_code(done, failed)
+    for line in summary.lines(len(plan), output, time.perf_counter() - started):
+        print(line, file=sys.stderr)
+    return _exit_code(summary.done, summary.failed)
+
+
+def _shown_path(item: InputFile) -> str:
+    """How an input is named in messages and reports: relative to the working folder when it is
+    inside it, else relative to the input folder it came from (no absolute paths in reports)."""
+    path = item.path.absolute()
+    cwd = Path.cwd()
+    return path.relative_to(cwd).as_posix() if path.is_relative_to(cwd) else item.relative
+
+
+# --- detect ---------------------------------------------------------------------------------------
+
+
+def _detect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Detections as JSON lines on stdout."
+    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per image (the default and only format)")
+    parser.add_argument("--min-score", type=_score, help="report detections down to this score (0.01..0.99)")
+    _add_option_flags(parser, effects=False)
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from .pipeline import Anonymizer
+    from anonymizer.pipeline import Anonymizer
 
     options = _options_from_args(args)
     anonymizer = Anonymizer()
     ok = failed = 0
     for item in args.inputs:
-        files = (
-            [p for p, _ in expand_inputs([item])] if Path(item).is_dir() or not Path(item).exists() else [Path(item)]
-        )
+        single = Path(item).is_file()
+        files = [Path(item)] if single else [p for p, _ in expand_inputs([item])]
         for path in files:
             shown = str(path) if path != Path(item) else item
             try:
@@ -267,7 +332,25 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return _exit_code(ok, failed)
 
 
-def _crop_writer(folder: Path, load):
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Evaluate against a COCO folder (annotations.json and images/)."
+    parser.add_argument("coco_dir", type=Path, help="folder with annotations.json and images/")
+    parser.add_argument("--ids", type=Path, help="JSON file with a list of image ids to evaluate (a split)")
+    parser.add_argument("--ids-key", help="dotted path of the list inside --ids, e.g. web-cars.holdout_image_ids")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--unmatched", type=Path, metavar="DIR", help="write crops of unmatched detections and missed objects here"
+    )
+    parser.add_argument(
+        "--resize", metavar="WxH", help="evaluate every image resized to this size, labels along (e.g. 1920x1080)"
+    )
+    _add_option_flags(parser, effects=False)
+
+
+def _crop_writer(folder: Path, load: Callable) -> Callable:
     """Crops (with context, score in the name) of false positives and misses, for auditing by eye."""
     import cv2
 
@@ -287,19 +370,35 @@ def _crop_writer(folder: Path, load):
     return write
 
 
+def _split_ids(path: Path, key: str | None) -> list:
+    """The image ids of a split file (``--ids``, optionally a dotted ``--ids-key`` inside it)."""
+    try:
+        data = json.loads(path.read_text())
+        for part in key.split(".") if key else []:
+            data = data[part]
+    except OSError as exc:
+        raise CommandError(f"--ids {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(f"--ids {path}: no list of image ids at {key or 'the top level'}") from None
+    if not isinstance(data, list):
+        raise CommandError(f"--ids {path}: no list of image ids at {key or 'the top level'}")
+    return data
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from anonymizer.pipeline import Anonymizer
+
     from .evaluation import evaluate, load_coco
-    from .pipeline import Anonymizer
 
     options = _options_from_args(args)
+    if not (args.coco_dir / "annotations.json").is_file():
+        raise CommandError(f"{args.coco_dir}: not a labelled set (no annotations.json in it; COCO json expected)")
+    ids = _split_ids(args.ids, args.ids_key) if args.ids else None
+    try:
+        truths = load_coco(args.coco_dir, ids)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"{args.coco_dir}/annotations.json: not COCO json ({type(exc).__name__}: {exc})") from None
     anonymizer = Anonymizer()
-    ids = None
-    if args.ids:
-        data = json.loads(args.ids.read_text())
-        for key in args.ids_key.split(".") if args.ids_key else []:
-            data = data[key]
-        ids = data
-    truths = load_coco(args.coco_dir, ids)
 
     def load(truth):
         return _imread(truth.path)
@@ -308,19 +407,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         truths, load = _resized(truths, args.resize)
     labels = [t for t in options.targets if any(t in truth.boxes for truth in truths)]
     if not labels:
-        raise InvalidOptionsError(f"{args.coco_dir} has no objects of the chosen targets {options.targets}")
+        raise CommandError(f"{args.coco_dir} has no objects of the chosen targets {options.targets}")
     # Detection runs for every requested target, exactly as in production (face+plate share a
     # trunk); only the labelled classes are scored.
     thresholds = {t: options.for_target(t).threshold or anonymizer.detector(t).card.threshold for t in options.targets}
     floor = min(0.05, *thresholds.values())
     started = time.perf_counter()
-    results = evaluate(
-        truths,
-        lambda truth: anonymizer.detect_pixels(load(truth), options, floor),
-        labels,
-        thresholds,
-        _crop_writer(args.unmatched, load) if args.unmatched else None,
-    )
+    try:
+        results = evaluate(
+            truths,
+            lambda truth: anonymizer.detect_pixels(load(truth), options, floor),
+            labels,
+            thresholds,
+            _crop_writer(args.unmatched, load) if args.unmatched else None,
+        )
+    except AnonymizerError as exc:
+        raise CommandError(f"{args.coco_dir}: {exc}", EXIT_FAILED) from None
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps({"dataset": str(args.coco_dir), "seconds": round(seconds, 1), "results": results}, indent=2))
@@ -342,10 +444,10 @@ def _resized(truths: list, size: str):
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError as exc:
-        raise InvalidOptionsError(f"--resize wants WIDTHxHEIGHT, got {size!r}") from exc
+    except ValueError:
+        raise CommandError(f"--resize wants WIDTHxHEIGHT, got {size!r}") from None
     if not (16 <= width <= 10000 and 16 <= height <= 10000):
-        raise InvalidOptionsError(f"--resize {size}: each side must be 16 to 10000 px")
+        raise CommandError(f"--resize {size}: each side must be 16 to 10000 px")
     scaled = []
     for t in truths:
         factors = np.array([width / t.width, height / t.height] * 2, np.float32)
@@ -360,20 +462,52 @@ def _resized(truths: list, size: str):
     return scaled, load
 
 
+# --- local-run and serve ------------------------------------------------------------------------------
+
+
+def _local_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the whole S3 flow locally: moto's S3 server, buckets, upload, the real S3 function, download. "
+        "Without inputs it uses an embedded sample (a real face from scikit-image). The functions' own logs "
+        "go to OUTDIR/local-run.log."
+    )
+    parser.add_argument("inputs", nargs="*", help="image files, folders or globs")
+    parser.add_argument("-o", "--output", type=Path, default=Path("out"), help="where results land (default ./out)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="options as object metadata")
+
+
 def _cmd_local_run(args: argparse.Namespace) -> int:
-    from .aws.local import run_local_s3_flow
+    from .emulator import run_local_s3_flow
 
     values = parse_settings(args.set)
-    parse_options(values)  # fail early, before a server starts
-    # prints one line per object
-    summary = run_local_s3_flow([Path(item) for item in args.inputs], args.output, values or None)
+    parse_options(values, defaults=options_from_env(os.environ))  # fail early, before a server starts
+    output = _output_folder(args.output)
+    missing = [item for item in args.inputs if not any(True for _ in _existing(item))]
+    if missing:
+        raise CommandError(f"no such file or folder: {', '.join(missing)}")
+    summary = run_local_s3_flow([Path(item) for item in args.inputs], output, values or None)  # a line per object
+    if not summary.get("ok"):
+        return EXIT_FAILED
     return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .aws.local import serve
+def _existing(item: str) -> Iterable[Path]:
+    return (path for path, _ in expand_inputs([item]) if path.is_file())
 
-    serve(args.host, args.port)
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = "The API handler behind a local server (and moto for the upload flow)."
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=_int_between(0, 65535), default=8080, help="0: any free port (default 8080)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    try:
+        serve(args.host, args.port)
+    except OSError as exc:
+        raise CommandError(f"serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", EXIT_FAILED) from None
     return EXIT_OK
 
 
@@ -396,16 +530,9 @@ def _read(path: Path) -> bytes:
 
 
 def _imread(path: Path):
-    from . import imageio
+    from anonymizer import imageio
 
     return imageio.decode(_read(path)).pixels
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Never leave a half-written image behind: write a temporary file, then rename."""
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
 
 
 def _progress(done: int, total: int, started: float) -> None:
@@ -415,19 +542,12 @@ def _progress(done: int, total: int, started: float) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} img/s", end="", file=sys.stderr)
 
 
-_PARSERS = {
-    "run": _run_parser,
-    "detect": _detect_parser,
-    "eval": _eval_parser,
-    "local-run": _local_run_parser,
-    "serve": _serve_parser,
-}
-_COMMANDS = {
-    "run": _cmd_run,
-    "detect": _cmd_detect,
-    "eval": _cmd_eval,
-    "local-run": _cmd_local_run,
-    "serve": _cmd_serve,
+COMMANDS: dict[str, Command] = {
+    "run": Command(_run_arguments, _cmd_run, "Anonymize files, folders and globs into an output folder."),
+    "detect": Command(_detect_arguments, _cmd_detect, "Detections as JSON lines on stdout."),
+    "eval": Command(_eval_arguments, _cmd_eval, "Recall, precision and AP50 against a COCO folder."),
+    "local-run": Command(_local_run_arguments, _cmd_local_run, "The whole S3 flow locally, on moto."),
+    "serve": Command(_serve_arguments, _cmd_serve, "The API on localhost."),
 }
 
 if __name__ == "__main__":

@@ -8,11 +8,8 @@ and the S3 function is fed from that queue.
 
 * :func:`run_local_s3_flow` — ``anonymize local-run``: upload files, let S3 notify SQS, run the
   S3 function on the messages, download the anonymized images and their reports.
-* :func:`serve` — ``anonymize serve``: an HTTP server that turns requests into API Gateway REST
-  proxy events for the API function (``curl --data-binary @face.jpg
-  -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8080/anonymize?effect=pixelate' -o out.jpg``);
-  uploads to the presigned URLs land in moto and are processed by the S3 function in the
-  background, so ``POST /uploads`` -> ``PUT`` -> ``GET /results/{id}`` works too.
+* :func:`api_event` / :func:`sqs_event` — the event shapes Lambda hands the functions; the dev
+  server (:mod:`anonymizer_local.server`) builds on them.
 
 Requires the ``moto[server]`` extra (a dev dependency) and a source checkout (for ``functions/``).
 """
@@ -31,20 +28,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from .storage import option_metadata
+from anonymizer.aws.storage import option_metadata
+
+from .files import plan_inputs
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
-API_REQUEST_LIMIT = 10 * 1024 * 1024  # API Gateway REST hard limit on request payloads
 
 # Serialises handler invocations: one Lambda container handles one event at a time.
-_invoke_lock = threading.RLock()
+invoke_lock = threading.RLock()
 
 
 # -- Lambda runtime pieces ----------------------------------------------------------------------
@@ -76,8 +72,8 @@ def functions_dir() -> Path:
     env = os.environ.get("ANONYMIZER_FUNCTIONS_DIR")
     if env:
         return Path(env)
-    # layers/anonymizer/anonymizer/aws/local.py -> repository root
-    return Path(__file__).resolve().parents[4] / "functions"
+    # local/anonymizer_local/emulator.py -> repository root
+    return Path(__file__).resolve().parents[2] / "functions"
 
 
 def load_function(name: str, directory: Path | None = None) -> ModuleType:
@@ -183,6 +179,14 @@ def aws_environment(endpoint_url: str, names: LocalAwsNames, region: str = REGIO
     }
 
 
+def web_cors_rules(names: LocalAwsNames) -> dict[str, list[dict]]:
+    """The buckets' CORS rules, as template.yaml sets them: the web page uploads a big image to
+    its presigned POST/PUT URL and reads the result through its presigned GET URL."""
+    upload = {"AllowedMethods": ["POST", "PUT"], "AllowedOrigins": ["*"], "AllowedHeaders": ["*"], "MaxAgeSeconds": 600}
+    result = {"AllowedMethods": ["GET"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 600}
+    return {names.input_bucket: [upload], names.output_bucket: [result]}
+
+
 def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibility_timeout: int = 30) -> dict:
     """Buckets, idempotency table, queue + DLQ and the input bucket's notification to the queue,
     as the SAM template deploys them. Uses the current environment (AWS_ENDPOINT_URL)."""
@@ -193,6 +197,8 @@ def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibi
     ddb = boto3.client("dynamodb")
     for bucket in (names.input_bucket, names.output_bucket):
         s3.create_bucket(Bucket=bucket)
+    for bucket, rules in web_cors_rules(names).items():  # the web page talks to S3 directly, as deployed
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
     ddb.create_table(
         TableName=names.table,
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
@@ -307,7 +313,7 @@ class LocalAws:
             if not messages:
                 break
             event = sqs_event(messages, self.resources["queue_arn"])
-            with _invoke_lock:
+            with invoke_lock:
                 response = handler(event, FakeLambdaContext(function_name="anonymizer-s3"))
             entries = succeeded_entries(messages, response)
             if entries:
@@ -336,22 +342,13 @@ def safe_local_path(root: Path, key: str) -> Path:
     return path
 
 
-def _expand_inputs(inputs: Iterable[Path]) -> list[tuple[Path, str]]:
-    """(file, key) pairs: files as their name, folders recursively as relative paths (as the CLI)."""
-    from ..cli import expand_inputs
-
-    pairs: list[tuple[Path, str]] = []
-    for path, relative in expand_inputs([str(item) for item in inputs]):
+def input_keys(inputs: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(file, S3 key) pairs, planned as the CLI plans its outputs: no two inputs share a key."""
+    pairs = [(item.path, item.relative) for item in plan_inputs([str(p) for p in inputs])]
+    for path, _ in pairs:
         if not path.is_file():
             raise FileNotFoundError(path)
-        pairs.append((path, relative.as_posix()))
-    seen: dict[str, int] = {}
-    unique = []
-    for path, key in pairs:  # two inputs with the same name must not overwrite each other
-        n = seen.get(key, 0)
-        seen[key] = n + 1
-        unique.append((path, key if n == 0 else f"{n}/{key}"))
-    return unique
+    return pairs
 
 
 def run_local_s3_flow(
@@ -376,7 +373,7 @@ def run_local_s3_flow(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = _expand_inputs(inputs) if inputs else [(Path("<sample>"), "samples/astronaut.jpg")]
+    pairs = input_keys(inputs) if inputs else [(Path("<sample>"), "samples/astronaut.jpg")]
     quiet_env = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
     with LocalAws(env_defaults=quiet_env) as aws:
         function = load_function("s3_anonymize")
@@ -410,7 +407,7 @@ def sample_image() -> bytes:
 
 
 def _collect(s3: Any, names: LocalAwsNames, path: Path, key: str, out_dir: Path) -> dict:
-    from .s3_flow import report_key
+    from anonymizer.aws.s3_flow import report_key
 
     entry: dict[str, Any] = {"input": str(path), "key": key}
     try:
@@ -454,7 +451,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- serve --------------------------------------------------------------------------------------
+# -- API Gateway proxy events --------------------------------------------------------------------
 
 
 def api_event(
@@ -511,143 +508,3 @@ def proxy_response_parts(response: Mapping[str, Any]) -> tuple[int, list[tuple[s
     body = response.get("body") or ""
     data = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode("utf-8")
     return int(response.get("statusCode", 502)), headers, data
-
-
-class LocalApi:
-    """The API function behind a local HTTP server, with moto and a background S3 worker.
-
-    ``with LocalApi(port=0) as api: api.url`` — used by :func:`serve` and by tests.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 8080,
-        *,
-        worker_interval: float = 0.5,
-        env_defaults: Mapping[str, str] | None = None,
-    ):
-        self.host = host
-        self.port = port
-        self.worker_interval = worker_interval  # 0: no background worker (call process_uploads)
-        self.aws = LocalAws(env_defaults=env_defaults)
-        self.httpd: ThreadingHTTPServer | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> LocalApi:
-        self.aws.start()
-        try:
-            self.api_function = load_function("api_anonymize")
-            self.s3_function = load_function("s3_anonymize")
-            handler = _make_request_handler(self.api_function.lambda_handler)
-            self.httpd = ThreadingHTTPServer((self.host, self.port), handler)
-        except BaseException:
-            self.aws.stop()
-            raise
-        self.port = self.httpd.server_address[1]
-        self._threads = [threading.Thread(target=self.httpd.serve_forever, name="local-api", daemon=True)]
-        if self.worker_interval > 0:
-            self._threads.append(threading.Thread(target=self._worker, name="local-s3-worker", daemon=True))
-        for t in self._threads:
-            t.start()
-        return self
-
-    def _worker(self) -> None:
-        while not self._stop.wait(self.worker_interval):
-            try:
-                self.aws.pump(self.s3_function.lambda_handler)
-            except Exception as exc:  # noqa: BLE001 - keep serving; the function logged it
-                print(f"local S3 worker: {exc!r}", file=sys.stderr)
-
-    def process_uploads(self) -> list[dict]:
-        """Run the S3 function on whatever is queued now (tests call this instead of waiting)."""
-        return self.aws.pump(self.s3_function.lambda_handler)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-        for t in self._threads:
-            t.join(timeout=5)
-        self.aws.stop()
-
-    def __enter__(self) -> LocalApi:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def _make_request_handler(api_handler: Callable[[dict, Any], dict]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "anonymizer-local"
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > API_REQUEST_LIMIT:
-                self.close_connection = True
-                body = json.dumps({"error": "payload_too_large", "message": "request over 10 MB: use POST /uploads"})
-                self._send(413, [("Content-Type", "application/json")], body.encode())
-                return
-            data = self.rfile.read(length) if length else b""
-            url = urlsplit(self.path)
-            headers = {k: v for k, v in self.headers.items()}
-            headers.setdefault("Host", f"{self.server.server_address[0]}:{self.server.server_address[1]}")
-            headers["X-Forwarded-Proto"] = "http"
-            event = api_event(
-                self.command,
-                url.path or "/",
-                query=parse_qs(url.query, keep_blank_values=True),
-                headers=headers,
-                body=data,
-                source_ip=self.client_address[0],
-            )
-            with _invoke_lock:
-                response = api_handler(event, FakeLambdaContext(function_name="anonymizer-api"))
-            status, out_headers, body = proxy_response_parts(response)
-            self._send(status, out_headers, body)
-
-        def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers:
-                if key.lower() not in ("content-length", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
-
-    return Handler
-
-
-def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the API locally until Ctrl-C.
-
-    ``POST /anonymize`` runs the real API function; ``POST /uploads`` hands out presigned URLs
-    into a local moto S3 whose uploads a background worker processes with the real S3 function,
-    so the large-image flow works end to end on one machine.
-    """
-    with LocalApi(host, port, env_defaults={"POWERTOOLS_METRICS_DISABLED": "true"}) as api:
-        print(f"anonymizer API on {api.url} (S3/SQS/DynamoDB: moto on {api.aws.endpoint_url})")
-        print(
-            f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' "
-            f"'{api.url}/anonymize?effect=pixelate' -o out.jpg"
-        )
-        print(f"  curl {api.url}/openapi.json")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping")

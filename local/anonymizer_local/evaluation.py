@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detection import Detection
+from anonymizer.detection import Detection
 
 CATEGORY_LABELS = {1: "face", 2: "plate"}
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from anonymizer.aws import api_flow
-from anonymizer.aws.local import (
+from anonymizer.options import Options
+from anonymizer_local.emulator import (
     FakeLambdaContext,
-    _expand_inputs,
     api_event,
     functions_dir,
+    input_keys,
     proxy_response_parts,
     safe_local_path,
     sqs_event,
 )
-from anonymizer.options import Options
 
 
 @pytest.mark.parametrize(
@@ -40,16 +40,16 @@ def test_safe_local_path_stays_inside(tmp_path, key, relative):
     assert path.resolve().is_relative_to(tmp_path.resolve())
 
 
-def test_expand_inputs(tmp_path):
+def testinput_keys(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "a.jpg").write_bytes(b"1")
     (tmp_path / "d" / "sub" / "b.PNG").write_bytes(b"2")
     (tmp_path / "d" / "notes.txt").write_text("x")
     (tmp_path / "a.jpg").write_bytes(b"3")
-    pairs = _expand_inputs([tmp_path / "d", tmp_path / "a.jpg"])
+    pairs = input_keys([tmp_path / "d", tmp_path / "a.jpg"])
     assert [key for _, key in pairs] == ["a.jpg", "sub/b.PNG", "1/a.jpg"]  # no silent overwrite
     with pytest.raises(FileNotFoundError):
-        _expand_inputs([tmp_path / "missing.jpg"])
+        input_keys([tmp_path / "missing.jpg"])
 
 
 def test_api_event_and_response_are_binary_safe():
