@@ -1,5 +1,8 @@
 """The pipeline on a real face: found, hidden, published clean, and never published on failure."""
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -107,3 +110,60 @@ def test_bad_bytes_are_a_clear_error(anonymizer):
 def test_expand_box_grows_and_clips():
     assert expand_box((10, 10, 30, 50), 0.1, 100, 100) == (8, 6, 32, 54)
     assert expand_box((0, 0, 100, 100), 0.5, 100, 100) == (0, 0, 100, 100)
+
+
+# --- the typed report and its one schema ------------------------------------------------------
+
+SCHEMA = Path(__file__).resolve().parents[2] / "docs" / "report.schema.json"
+
+
+def test_reports_follow_the_documented_schema_and_show_the_thresholds_used(anonymizer, astronaut_jpeg):
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    card = get_detector("face").card.threshold
+    anonymized = anonymizer.anonymize(astronaut_jpeg, parse_options(FACE_ONLY))
+    detected = anonymizer.detect(astronaut_jpeg, parse_options({"targets": "face", "face.threshold": "0.3"}))
+    floor = anonymizer.detect(astronaut_jpeg, parse_options(FACE_ONLY), min_score=0.05)
+    for report in (anonymized.report, detected, floor):
+        jsonschema.validate(json.loads(json.dumps(report)), schema)  # as JSON, the way clients read it
+    assert anonymized.report["thresholds"] == {"face": card} == {"face": anonymized.details.thresholds["face"]}
+    assert anonymized.report["options"]["face"]["threshold"] == card  # no longer null
+    assert detected["thresholds"] == {"face": 0.3} and floor["thresholds"] == {"face": 0.05}
+    assert all(d["score"] >= 0.3 for d in detected["detections"])
+    assert "output" not in detected and "region" not in detected["detections"][0]
+    # the typed structure and its JSON form say the same
+    details = anonymized.details
+    assert details.counts == anonymized.report["counts"] == {"face": 1}
+    assert (
+        details.detections[0].effect == "blur"
+        and list(details.detections[0].region) == anonymized.report["detections"][0]["region"]
+    )
+    assert details.output is not None and details.output.bytes == len(anonymized.data)
+
+
+def test_grey_input_comes_out_grey(anonymizer, astronaut_bgr):
+    grey = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    for ext in (".jpg", ".png"):
+        result = anonymizer.anonymize(cv2.imencode(ext, grey)[1].tobytes(), parse_options(FACE_ONLY))
+        out = cv2.imdecode(np.frombuffer(result.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert out.ndim == 2 and result.report["image"]["grey"] is True, ext
+        best = max(result.report["detections"], key=lambda d: d["score"])  # the face is still found and hidden
+        x1, y1, x2, y2 = best["region"]
+        assert not np.array_equal(out[y1:y2, x1:x2], grey[y1:y2, x1:x2])
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+def test_heic_and_avif_photos_with_gps_come_out_as_jpeg_without_it(anonymizer, astronaut_bgr, fmt):
+    from test_imageio import make_heif
+
+    data = make_heif(astronaut_bgr, fmt)
+    assert "gps" in imageio.metadata_markers(data)
+    result = anonymizer.anonymize(data, parse_options(FACE_ONLY))
+    assert result.format == "jpeg" and result.content_type == "image/jpeg"
+    assert imageio.metadata_markers(result.data) == [] and b"GPS" not in result.data
+    assert result.report["image"]["format"] == fmt and result.report["counts"] == {"face": 1}
+    out = imageio.decode(result.data).pixels
+    x1, y1, x2, y2 = result.report["detections"][0]["region"]
+    assert _identity_similarity(out[y1:y2, x1:x2], astronaut_bgr[y1:y2, x1:x2]) < 0.5
