@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,13 @@ LIMIT_BYTES = 250 * 1024 * 1024  # Lambda: function + all layers, unzipped (262,
 MIB = 1024 * 1024
 
 # Files of the anonymizer package that go into the layer (mirrors [tool.setuptools.package-data]).
-PACKAGE_DATA = ("models/*.onnx", "models/*.md", "models/*.json", "assets/*")
+PACKAGE_DATA = ("models/*.onnx", "models/*.md", "models/*.json", "assets/*", "web/*.html")
+
+# Laptop-only code lives in anonymizer_local (local/), never in the layer: these modules moved
+# there, and no layer file may name that package or the emulator's moto (--check and the build
+# refuse a layer that does).
+LAPTOP_ONLY_MODULES = ("anonymizer/cli.py", "anonymizer/evaluation.py", "anonymizer/aws/local.py")
+LAPTOP_ONLY_IMPORTS = ("anonymizer_local", "moto")
 
 # Must never be in the layer: the runtime provides them, and a second copy could shadow it.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "urllib3", "dateutil", "six.py")
@@ -194,6 +201,19 @@ def copy_package(src: Path, dest: Path) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+
+
+def laptop_code_present(site: Path) -> list[str]:
+    """Layer files that are laptop-only code (the CLI, the emulator, the evaluation) or import it."""
+    site = Path(site)
+    found = [rel for rel in LAPTOP_ONLY_MODULES if (site / rel).exists()]
+    found += [name for name in LAPTOP_ONLY_IMPORTS if (site / name).exists()]
+    pattern = re.compile(rf"^\s*(?:from|import)\s+({'|'.join(LAPTOP_ONLY_IMPORTS)})\b", re.MULTILINE)
+    for path in sorted((site / "anonymizer").rglob("*.py")) if (site / "anonymizer").is_dir() else []:
+        match = pattern.search(path.read_text(encoding="utf-8", errors="replace"))
+        if match:
+            found.append(f"{path.relative_to(site).as_posix()} imports {match.group(1)}")
+    return found
 
 
 def elf_machine(path: Path) -> int | None:
@@ -379,6 +399,9 @@ def build(arch: str, out: Path, python_version: str, cache_dir: Path, do_strip: 
     leaked = runtime_provided_present(site)
     if leaked:
         raise SystemExit(f"layer {arch}: ships runtime-provided packages {leaked}")
+    laptop = laptop_code_present(site)
+    if laptop:
+        raise SystemExit(f"layer {arch}: ships laptop-only code {laptop}")
     final = tree_size(site)
     print(f"  installed {installed / MIB:.1f} MiB -> layer {final / MIB:.1f} MiB (anonymizer package included)")
     return site
@@ -520,6 +543,12 @@ for fname, fdir in cfg["functions"].items():
         fail(f"function {fname}: {type(e).__name__}: {e}")
     finally:
         sys.path.remove(fdir)
+# what Lambda runs never reaches for the laptop-only package (CLI, emulator, evaluation) or moto
+laptop = sorted(m for m in sys.modules if m.split(".")[0] in ("anonymizer_local", "moto"))
+if laptop or importlib.util.find_spec("anonymizer_local") is not None:
+    fail(f"laptop-only code reachable from the layer: {laptop or 'anonymizer_local importable'}")
+else:
+    ok("the functions and the library imported no laptop-only code (anonymizer_local, moto)")
 verdict = f"FAILED: {len(failures)}" if failures else "all checks passed"
 print(f"  total {time.perf_counter() - t0:.1f} s; {verdict}")
 sys.exit(1 if failures else 0)
@@ -742,6 +771,11 @@ def check(
         "[+ boto3 as the runtime provides it] + stdlib",
         flush=True,
     )
+    laptop = laptop_code_present(site)
+    if laptop:
+        print(f"  FAIL laptop-only code in the layer (CLI, emulator, evaluation): {laptop}")
+        return False
+    print("  ok   no laptop-only code in the layer (anonymizer_local, CLI, emulator, evaluation, moto)")
     missing = missing_libraries(site)
     if missing is None:
         print("  skip shared-library check (readelf not found)")

@@ -292,3 +292,28 @@ def test_makefile_calls_the_tool_from_any_directory(tmp_path: Path, arch: str | 
     assert f"--arch {arch or 'arm64'}" in out
     assert f"--python-version {bl.DEFAULT_PYTHON_VERSION}" in out
     assert f'--out "{tmp_path / "artifacts"}"' in out
+
+
+def test_laptop_only_code_is_detected(tmp_path: Path):
+    """The layer carries only what Lambda runs: the CLI, the emulator and the evaluation stay out."""
+    write(tmp_path / "anonymizer/__init__.py")
+    write(tmp_path / "anonymizer/aws/api_flow.py", data=b"from ..options import parse_options\n")
+    write(tmp_path / "anonymizer/video/evaluation.py", data=b'"""per-frame figures"""\n')  # a library module
+    assert bl.laptop_code_present(tmp_path) == []
+    write(tmp_path / "anonymizer/cli.py")
+    write(tmp_path / "anonymizer/aws/local.py")
+    write(tmp_path / "anonymizer_local/__init__.py")
+    write(tmp_path / "anonymizer/pipeline.py", data=b"import os\n    from anonymizer_local.files import plan_inputs\n")
+    assert bl.laptop_code_present(tmp_path) == [
+        "anonymizer/cli.py",
+        "anonymizer/aws/local.py",
+        "anonymizer_local",
+        "anonymizer/pipeline.py imports anonymizer_local",
+    ]
+
+
+def test_the_source_package_has_no_laptop_only_code(tmp_path: Path):
+    """What copy_package puts in the layer today passes the check (the move to anonymizer_local held)."""
+    dest = tmp_path / "python" / "anonymizer"
+    bl.copy_package(bl.PACKAGE_SRC, dest)
+    assert bl.laptop_code_present(tmp_path / "python") == []
