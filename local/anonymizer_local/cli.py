@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -474,6 +475,7 @@ def _local_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="image files, folders or globs")
     parser.add_argument("-o", "--output", type=Path, default=Path("out"), help="where results land (default ./out)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="options as object metadata")
+    parser.add_argument("--log", type=Path, help="the functions' own log (default OUTDIR/local-run.log)")
 
 
 def _cmd_local_run(args: argparse.Namespace) -> int:
@@ -485,7 +487,8 @@ def _cmd_local_run(args: argparse.Namespace) -> int:
     missing = [item for item in args.inputs if not any(True for _ in _existing(item))]
     if missing:
         raise CommandError(f"no such file or folder: {', '.join(missing)}")
-    summary = run_local_s3_flow([Path(item) for item in args.inputs], output, values or None)  # a line per object
+    log = args.log or output / "local-run.log"
+    summary = run_local_s3_flow([Path(item) for item in args.inputs], output, values or None, log_path=log)
     if not summary.get("ok"):
         return EXIT_FAILED
     return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL
@@ -499,13 +502,19 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "The API handler behind a local server (and moto for the upload flow)."
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_int_between(0, 65535), default=8080, help="0: any free port (default 8080)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="the functions' own log lines and metrics (default: anonymize-serve.log in the temp folder)",
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    log = args.log or Path(tempfile.gettempdir()) / "anonymize-serve.log"
     try:
-        serve(args.host, args.port)
+        serve(args.host, args.port, log)
     except OSError as exc:
         raise CommandError(f"serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", EXIT_FAILED) from None
     return EXIT_OK

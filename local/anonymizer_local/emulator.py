@@ -17,6 +17,7 @@ Requires the ``moto[server]`` extra (a dev dependency) and a source checkout (fo
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import json
 import logging
@@ -26,7 +27,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +43,46 @@ ACCOUNT_ID = "123456789012"
 
 # Serialises handler invocations: one Lambda container handles one event at a time.
 invoke_lock = threading.RLock()
+
+
+class FunctionOutput:
+    """Where the functions' own output goes on a laptop: a log file, not the user's terminal.
+
+    In Lambda, stdout is the log: Powertools' JSON log lines, the metrics as EMF JSON
+    (``{"_aws": ...}``) and Python warnings all land in CloudWatch. Locally they would drown
+    the command's own lines, so while a function loads or runs, stdout and warnings go to
+    ``path`` (appended). ``path=None`` leaves them alone (tests read them from pytest's capture).
+    Invocations are serialised (:data:`invoke_lock`), so swapping ``sys.stdout`` is safe.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else None
+        self._stream: Any = None
+
+    @contextlib.contextmanager
+    def captured(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        if self._stream is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = self.path.open("a", encoding="utf-8")
+        stream = self._stream
+
+        def to_log(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+            stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        with invoke_lock, contextlib.redirect_stdout(stream), warnings.catch_warnings():
+            warnings.showwarning = to_log
+            try:
+                yield
+            finally:
+                stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 # -- Lambda runtime pieces ----------------------------------------------------------------------
@@ -241,8 +283,10 @@ class LocalAws:
         host: str = "127.0.0.1",
         port: int = 0,
         env_defaults: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
     ):
         self.names = names or LocalAwsNames()
+        self.output = FunctionOutput(log_path)  # the functions' stdout and warnings
         self.host = host
         self.port = port
         self.env_defaults = dict(env_defaults or {})  # applied only where not already set
@@ -282,6 +326,17 @@ class LocalAws:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        self.output.close()
+
+    def load(self, name: str) -> ModuleType:
+        """A function's module, its import-time output (a cold start's) kept in the log."""
+        with self.output.captured():
+            return load_function(name)
+
+    def invoke(self, handler: Callable[[dict, Any], dict], event: dict, function_name: str) -> dict:
+        """One invocation at a time, as one Lambda container runs; its output kept in the log."""
+        with invoke_lock, self.output.captured():
+            return handler(event, FakeLambdaContext(function_name=function_name))
 
     def __enter__(self) -> LocalAws:
         return self.start()
@@ -313,8 +368,7 @@ class LocalAws:
             if not messages:
                 break
             event = sqs_event(messages, self.resources["queue_arn"])
-            with invoke_lock:
-                response = handler(event, FakeLambdaContext(function_name="anonymizer-s3"))
+            response = self.invoke(handler, event, "anonymizer-s3")
             entries = succeeded_entries(messages, response)
             if entries:
                 sqs.delete_message_batch(QueueUrl=self.resources["queue_url"], Entries=entries)
@@ -357,6 +411,7 @@ def run_local_s3_flow(
     options: dict | None = None,
     *,
     quiet: bool = False,
+    log_path: Path | None = None,
 ) -> dict:
     """Process files through the deployed S3 path, locally, and download the results.
 
@@ -368,15 +423,16 @@ def run_local_s3_flow(
 
     Without inputs it processes an embedded sample: scikit-image's astronaut (a real face).
 
-    Returns ``{"ok": n, "failed": m, "objects": [{"input", "key", "status", ...}]}`` and prints
-    a one-line-per-object summary unless ``quiet``.
+    Returns ``{"ok": n, "failed": m, "seconds": s, "objects": [{"input", "key", "status", ...}]}``
+    and prints a one-line-per-object summary unless ``quiet``. The function's own log lines,
+    metrics and warnings go to ``log_path`` (when given), not to the terminal.
     """
+    started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = input_keys(inputs) if inputs else [(Path("<sample>"), "samples/astronaut.jpg")]
-    quiet_env = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
-    with LocalAws(env_defaults=quiet_env) as aws:
-        function = load_function("s3_anonymize")
+    with LocalAws(log_path=log_path) as aws:
+        function = aws.load("s3_anonymize")
         s3 = aws.client("s3")
         metadata = option_metadata(options or {})
         for path, key in pairs:
@@ -388,6 +444,8 @@ def run_local_s3_flow(
         "ok": sum(o["status"] == "ok" for o in objects),
         "failed": sum(o["status"] != "ok" for o in objects),
         "out_dir": str(out_dir),
+        "seconds": round(time.perf_counter() - started, 1),
+        "log": str(log_path) if log_path else None,
         "objects": objects,
     }
     if not quiet:
@@ -412,14 +470,17 @@ def _collect(s3: Any, names: LocalAwsNames, path: Path, key: str, out_dir: Path)
     entry: dict[str, Any] = {"input": str(path), "key": key}
     try:
         obj = s3.get_object(Bucket=names.output_bucket, Key=key)
-    except s3.exceptions.NoSuchKey:
+    except s3.exceptions.NoSuchKey:  # failed: the failure report has the message, the tags a code
         tags = {
             t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=names.input_bucket, Key=key).get("TagSet", [])
         }
+        failure: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            failure = json.loads(s3.get_object(Bucket=names.output_bucket, Key=report_key(key))["Body"].read())
         entry.update(
             status="failed",
-            error=tags.get("anonymizer-error", "failed"),
-            message=tags.get("anonymizer-message", "see the function's log"),
+            error=failure.get("error") or tags.get("anonymizer-error", "failed"),
+            message=failure.get("message") or "see the function's log",
         )
         return entry
     target = safe_local_path(out_dir, key)
@@ -441,13 +502,26 @@ def _collect(s3: Any, names: LocalAwsNames, path: Path, key: str, out_dir: Path)
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
+    """A line per object, then totals per class, the time taken and the images where nothing was found."""
     lines = []
     for o in summary["objects"]:
         if o["status"] == "ok":
             lines.append(f"ok      {o['key']}: {o['faces']} face(s), {o['plates']} plate(s) -> {o['output']}")
         else:
             lines.append(f"FAILED  {o['key']}: {o['error']}: {o['message']}")
-    lines.append(f"{summary['ok']} anonymized, {summary['failed']} failed; results in {summary['out_dir']}")
+    done = [o for o in summary["objects"] if o["status"] == "ok"]
+    faces, plates = sum(o["faces"] for o in done), sum(o["plates"] for o in done)
+    lines.append(
+        f"{summary['ok']} anonymized, {summary['failed']} failed in {summary.get('seconds', 0):.1f} s; "
+        f"found {faces} face(s), {plates} plate(s); results in {summary['out_dir']}"
+    )
+    empty = [o["key"] for o in done if not o["faces"] and not o["plates"]]
+    if empty:
+        lines.append(
+            f"nothing found in {len(empty)} image(s): {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
+        )
+    if summary.get("log"):
+        lines.append(f"the function's log: {summary['log']}")
     return "\n".join(lines)
 
 

@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .emulator import FakeLambdaContext, LocalAws, api_event, invoke_lock, load_function, proxy_response_parts
+from .emulator import LocalAws, api_event, proxy_response_parts
 
 API_REQUEST_LIMIT = 10 * 1024 * 1024  # API Gateway REST hard limit on request payloads
 
@@ -38,14 +39,18 @@ class LocalApi:
         *,
         worker_interval: float = 0.5,
         env_defaults: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
     ):
         self.host = host
         self.port = port
         self.worker_interval = worker_interval  # 0: no background worker (call process_uploads)
-        self.aws = LocalAws(env_defaults=env_defaults)
+        self.aws = LocalAws(env_defaults=env_defaults, log_path=log_path)  # functions' output -> log_path
         self.httpd: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _invoke_api(self, event: dict) -> dict:
+        return self.aws.invoke(self.api_function.lambda_handler, event, "anonymizer-api")
 
     @property
     def url(self) -> str:
@@ -54,9 +59,9 @@ class LocalApi:
     def start(self) -> LocalApi:
         self.aws.start()
         try:
-            self.api_function = load_function("api_anonymize")
-            self.s3_function = load_function("s3_anonymize")
-            handler = _make_request_handler(self.api_function.lambda_handler)
+            self.api_function = self.aws.load("api_anonymize")
+            self.s3_function = self.aws.load("s3_anonymize")
+            handler = _make_request_handler(self._invoke_api)
             self.httpd = ThreadingHTTPServer((self.host, self.port), handler)
         except BaseException:
             self.aws.stop()
@@ -96,41 +101,43 @@ class LocalApi:
         self.stop()
 
 
-def _make_request_handler(api_handler: Callable[[dict, Any], dict]) -> type[BaseHTTPRequestHandler]:
+def _make_request_handler(api_handler: Callable[[dict], dict]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "anonymizer-local"
 
         def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > API_REQUEST_LIMIT:
-                self.close_connection = True
-                body = json.dumps({"error": "payload_too_large", "message": "request over 10 MB: use POST /uploads"})
-                self._send(413, [("Content-Type", "application/json")], body.encode())
+            length, problem = _content_length(self.headers)
+            if problem is not None:
+                self._refuse(*problem)
                 return
             data = self.rfile.read(length) if length else b""
             url = urlsplit(self.path)
-            headers = {k: v for k, v in self.headers.items()}
-            headers.setdefault("Host", f"{self.server.server_address[0]}:{self.server.server_address[1]}")
-            headers["X-Forwarded-Proto"] = "http"
             event = api_event(
                 self.command,
                 url.path or "/",
                 query=parse_qs(url.query, keep_blank_values=True),
-                headers=headers,
+                headers=_forwarded_headers(self.headers, self.server.server_address),
                 body=data,
                 source_ip=self.client_address[0],
             )
-            with invoke_lock:
-                response = api_handler(event, FakeLambdaContext(function_name="anonymizer-api"))
+            response = api_handler(event)
             status, out_headers, body = proxy_response_parts(response)
             self._send(status, out_headers, body)
+
+        def _refuse(self, status: int, code: str, message: str) -> None:
+            """An error answer for a request whose body cannot be read safely; the connection closes."""
+            self.close_connection = True
+            body = json.dumps({"error": code, "message": message}).encode()
+            self._send(status, [("Content-Type", "application/json"), ("Connection", "close")], body)
 
         def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
             self.send_response(status)
             for key, value in headers:
                 if key.lower() not in ("content-length", "connection"):
                     self.send_header(key, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
@@ -144,20 +151,58 @@ def _make_request_handler(api_handler: Callable[[dict, Any], dict]) -> type[Base
     return Handler
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
+def _content_length(headers: Any) -> tuple[int, tuple[int, str, str] | None]:
+    """The body's length, or the (status, code, message) to refuse the request with.
+
+    Only a plain ``Content-Length`` of 0..10 MB is read: a chunked body, a negative or
+    non-numeric length, or two different lengths could leave the server waiting on a body that
+    never comes or reading into the next request.
+    """
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        return 0, (411, "length_required", "send a Content-Length (chunked bodies are not accepted)")
+    values = set(headers.get_all("Content-Length") or [])
+    if not values:
+        return 0, None
+    raw = values.pop().strip()
+    if values or not raw.isdigit():  # isdigit: no sign, no spaces, no "abc"
+        return 0, (400, "bad_request", f"Content-Length must be one whole number of bytes; got {raw!r}")
+    length = int(raw)
+    if length > API_REQUEST_LIMIT:
+        return 0, (413, "payload_too_large", "request over 10 MB: use POST /uploads")
+    return length, None
+
+
+def _forwarded_headers(headers: Any, server_address: tuple) -> dict[str, str]:
+    """The request's headers as API Gateway would pass them, with ``Host`` set to this server.
+
+    The API builds absolute URLs (``result.url``, ``Location``) from ``Host``; a client's forged
+    ``Host`` (or ``X-Forwarded-*``) must not point another client at a server of its choosing.
+    """
+    out = {k: v for k, v in headers.items() if k.lower() not in ("host", "x-forwarded-proto", "x-forwarded-host")}
+    host, port = server_address[0], server_address[1]
+    out["Host"] = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    out["X-Forwarded-Proto"] = "http"
+    return out
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, log_path: Path | None = None) -> None:
     """Serve the API locally until Ctrl-C.
 
-    ``POST /anonymize`` runs the real API function; ``POST /uploads`` hands out presigned URLs
+    ``POST /anonymize`` runs the real API function; ``POST /uploads`` hands out a presigned POST
     into a local moto S3 whose uploads a background worker processes with the real S3 function,
-    so the large-image flow works end to end on one machine.
+    so the large-image flow works end to end on one machine. The functions' own logs and
+    metrics go to ``log_path`` (the terminal shows one line per request).
     """
-    with LocalApi(host, port, env_defaults={"POWERTOOLS_METRICS_DISABLED": "true"}) as api:
+    with LocalApi(host, port, log_path=log_path) as api:
         print(f"anonymizer API on {api.url} (S3/SQS/DynamoDB: moto on {api.aws.endpoint_url})")
         print(
             f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' "
             f"'{api.url}/anonymize?effect=pixelate' -o out.jpg"
         )
-        print(f"  curl {api.url}/openapi.json")
+        print(f"  curl {api.url}/openapi.json      (big images: POST /uploads, see the README)")
+        if log_path:
+            print(f"  the functions' logs: {log_path}")
+        sys.stdout.flush()
         try:
             while True:
                 time.sleep(3600)
