@@ -328,6 +328,54 @@ def make_gray12_jpeg(blocks: np.ndarray) -> bytes:
 # hostile headers: claim huge sizes, carry (almost) no pixel data
 
 
+def gps_exif(orientation: int = 1) -> bytes:
+    """EXIF (as Pillow writes it) with an orientation and a GPS position."""
+    from PIL import Image
+
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    tags[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    return tags.tobytes()
+
+
+def make_heif(img: np.ndarray, fmt: str, orientation: int = 1, icc: bytes | None = None) -> bytes:
+    """A HEIC (pillow-heif, x265) or AVIF (Pillow, libavif) file of BGR ``img`` with GPS in its EXIF."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
+    extra = {"icc_profile": icc} if icc else {}
+    out = io.BytesIO()
+    if fmt == "heic":
+        import pillow_heif
+
+        pillow_heif.from_pillow(picture).save(out, format="HEIF", quality=95, exif=gps_exif(orientation), **extra)
+    else:
+        picture.save(out, format="AVIF", quality=95, exif=gps_exif(orientation), **extra)
+    return out.getvalue()
+
+
+def bomb_heic(size: int = 50_000) -> bytes:
+    """A real small HEIC whose primary image claims ``size`` x ``size`` in its ``ispe`` box."""
+    data = bytearray(make_heif(asymmetric(), "heic"))
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, size, size)
+    return bytes(data)
+
+
+def multipage_tiff(*pages: np.ndarray) -> bytes:
+    """A TIFF with one full-resolution page per array (Pillow writes the IFD chain)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    images = [Image.fromarray(np.ascontiguousarray(p[:, :, ::-1])) for p in pages]
+    images[0].save(out, format="TIFF", save_all=True, append_images=images[1:])
+    return out.getvalue()
+
+
 def bomb_png(size: int = 50_000) -> bytes:
     """50000 x 50000 RGB PNG header + the start of an all-zero zlib stream: ~200 bytes in all."""
     ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
@@ -421,6 +469,7 @@ def _image_cases() -> list[Case]:
     gray = IMG[:, :, 1].copy()
     wide16 = IMG.astype(np.uint16) * 257 + 3
     one = np.full((1, 1, 3), 77, np.uint8)
+    heic, avif = make_heif(IMG, "heic"), make_heif(IMG, "avif")
     size, upright_size = (W, H), (H, W)
 
     def ok(name, data, filename, *, size=size, alpha=False, note="", options=None) -> Case:
@@ -491,9 +540,22 @@ def _image_cases() -> list[Case]:
             "jpeg_12bit", make_gray12_jpeg(np.array([[0, 1000], [2048, 4095]])), UnsupportedImageError, "jpeg_12bit.jpg"
         ),
         err("bigtiff", b"II+\x00\x08\x00\x00\x00" + b"\0" * 32, UnsupportedImageError, "bigtiff.tif"),
-        err("heic_without_image", b"\x00\x00\x00\x18ftypheic" + b"\0" * 32, InvalidImageError, "heic.jpg"),
-        err("avif_without_image", b"\x00\x00\x00\x1cftypavif" + b"\0" * 32, InvalidImageError, "avif.png"),
-        err("mp4_video", b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", UnsupportedVideoError, "clip.jpg"),
+        err(
+            "heic_without_image", b"\x00\x00\x00\x18ftypheic" + b"\0" * 32, InvalidImageError, "heic_without_image.jpg"
+        ),
+        err(
+            "avif_without_image", b"\x00\x00\x00\x1cftypavif" + b"\0" * 32, InvalidImageError, "avif_without_image.png"
+        ),
+        err("mp4_video", b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", UnsupportedVideoError, "mp4_video.jpg"),
+        err("heic_bomb", bomb_heic(), ImageTooLargeError, "heic_bomb.jpg"),
+        err("truncated_heic", heic[: len(heic) - 100], InvalidImageError, "truncated_heic.jpg"),
+        err("truncated_avif", avif[: len(avif) - 100], InvalidImageError, "truncated_avif.png"),
+        err("multipage_tiff", multipage_tiff(IMG, NOISE[:48]), UnsupportedImageError, "multipage_tiff.tif"),
+        # --- iPhone / Android formats, GPS in their EXIF: anonymized, written as JPEG, no GPS out --
+        ok("heic_with_gps", heic, "heic_with_gps.jpg"),
+        ok("avif_with_gps", avif, "avif_with_gps.png"),
+        ok("heic_rotated_with_gps", make_heif(IMG, "heic", 6), "heic_rotated_with_gps.jpg", size=upright_size),
+        ok("avif_rotated_with_gps", make_heif(IMG, "avif", 8), "avif_rotated_with_gps.jpg", size=upright_size),
         # --- valid images with a wrong extension -------------------------------------------------
         ok("png_named_jpg", png, "png_named_jpg.jpg"),
         ok("jpeg_named_png", jpeg, "jpeg_named_png.png"),

@@ -156,7 +156,7 @@ def test_grey_input_comes_out_grey(anonymizer, astronaut_bgr):
 
 @pytest.mark.parametrize("fmt", ["heic", "avif"])
 def test_heic_and_avif_photos_with_gps_come_out_as_jpeg_without_it(anonymizer, astronaut_bgr, fmt):
-    from test_imageio import make_heif
+    from badinput import make_heif
 
     data = make_heif(astronaut_bgr, fmt)
     assert "gps" in imageio.metadata_markers(data)

@@ -198,7 +198,7 @@ def test_seeds_are_real_images() -> None:
 class CentreDetector:
     """Finds one 'face' in the middle half of any image: no model, so each example is cheap."""
 
-    card = SimpleNamespace(version="stand-in")
+    card = SimpleNamespace(version="stand-in", threshold=0.5)  # the model card fields the pipeline reads
 
     def detect(self, pixels: np.ndarray, threshold=None, min_size=None) -> list[Detection]:
         h, w = pixels.shape[:2]

@@ -212,6 +212,10 @@ def probe(data: bytes, fmt: str) -> Header:
     for kind, start, end in props:
         if kind == b"ispe" and end - start >= 12:
             width, height = _ispe(data, start)
+        elif kind == b"clap" and end - start >= 16 and fmt == "heic":  # libheif crops to the clean aperture
+            wn, wd, hn, hd = struct.unpack_from(">IIII", data, start)
+            if wd and hd:
+                width, height = min(width, round(wn / wd)), min(height, round(hn / hd))
     if width == 0 or height == 0:
         raise InvalidImageError(f"corrupt {fmt} header (no image size)")
     largest = max(
