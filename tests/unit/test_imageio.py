@@ -546,6 +546,18 @@ def test_heic_bomb_refused_from_the_header() -> None:
         decode(bomb_heic())
 
 
+@pytest.mark.parametrize(("box", "version", "count_at"), [(b"iloc", 2, 14), (b"ipma", 0, 12)])
+def test_heif_item_counts_cannot_make_the_parser_spin(box: bytes, version: int, count_at: int) -> None:
+    data = bytearray(make_heif(NOISE, "heic"))
+    at = data.find(box) - 4  # the box's size field
+    data[at + 8] = version
+    struct.pack_into(">I", data, at + count_at, 0xFFFF_FFFF)  # four billion items in a few bytes
+    start = time.perf_counter()
+    with pytest.raises(InvalidImageError):
+        decode(bytes(data))
+    assert time.perf_counter() - start < 0.5
+
+
 @pytest.mark.parametrize("fmt", ["heic", "avif"])
 def test_truncated_heic_and_avif_are_refused(fmt: str) -> None:
     data = make_heif(NOISE, fmt)

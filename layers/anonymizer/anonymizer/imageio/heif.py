@@ -117,20 +117,26 @@ def _parse_meta(data: bytes) -> _Meta:
                         type_end = data.find(b"\x00", name_end + 1, _e) if name_end >= 0 else -1
                         meta.mime_types[item] = data[name_end + 1 : type_end if type_end >= 0 else _e]
         elif kind == b"iloc":
-            _parse_iloc(data, start, meta)
+            _parse_iloc(data, start, end, meta)
         elif kind == b"iprp":
             for sub, s, e in boxes(data, start, end):
                 if sub == b"ipco":
                     meta.properties = list(boxes(data, s, e))
                 elif sub == b"ipma":
-                    _parse_ipma(data, s, meta)
+                    _parse_ipma(data, s, e, meta)
         elif kind == b"idat":
             meta.idat = (start, end)
     return meta
 
 
-def _parse_iloc(data: bytes, start: int, meta: _Meta) -> None:
+MAX_EXTENTS = 65_536  # item extents in one file: real files have a few per item; zero-sized fields cost no bytes
+
+
+def _parse_iloc(data: bytes, start: int, end: int, meta: _Meta) -> None:
+    """Item locations. Every count is checked against the box's bytes (and extents against a cap),
+    so a crafted count cannot make this loop for billions of rounds."""
     version = data[start]
+    extents_seen = 0
     at = start + 4
     offset_size, length_size = data[at] >> 4, data[at] & 15
     base_size, index_size = data[at + 1] >> 4, (data[at + 1] & 15) if version in (1, 2) else 0
@@ -138,6 +144,8 @@ def _parse_iloc(data: bytes, start: int, meta: _Meta) -> None:
     count = _uint(data, at, 2 if version < 2 else 4)
     at += 2 if version < 2 else 4
     for _ in range(count):
+        if at >= end:
+            raise Truncated
         item = _uint(data, at, 2 if version < 2 else 4)
         at += 2 if version < 2 else 4
         method = 0
@@ -150,6 +158,9 @@ def _parse_iloc(data: bytes, start: int, meta: _Meta) -> None:
         extents = []
         n = _uint(data, at, 2)
         at += 2
+        extents_seen += n
+        if extents_seen > MAX_EXTENTS:
+            raise InvalidImageError("corrupt HEIF (too many item extents)")
         for _ in range(n):
             at += index_size
             offset = _uint(data, at, offset_size)
@@ -157,16 +168,18 @@ def _parse_iloc(data: bytes, start: int, meta: _Meta) -> None:
             at += offset_size + length_size
             extents.append((base + offset, length))
         meta.locations[item] = (method, extents)
-    if at > len(data):
+    if at > end:
         raise Truncated
 
 
-def _parse_ipma(data: bytes, start: int, meta: _Meta) -> None:
+def _parse_ipma(data: bytes, start: int, end: int, meta: _Meta) -> None:
     version, flags = data[start], _uint(data, start + 1, 3)
     at = start + 4
     count = _uint(data, at, 4)
     at += 4
     for _ in range(count):
+        if at >= end:
+            raise Truncated
         item = _uint(data, at, 2 if version < 1 else 4)
         at += 2 if version < 1 else 4
         n = data[at]
@@ -178,7 +191,7 @@ def _parse_ipma(data: bytes, start: int, meta: _Meta) -> None:
             at += 2 if wide else 1
             indices.append(value & (0x7FFF if wide else 0x7F))
         meta.associations.setdefault(item, []).extend(indices)
-    if at > len(data):
+    if at > end:
         raise Truncated
 
 
