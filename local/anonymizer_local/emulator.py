@@ -229,6 +229,14 @@ def web_cors_rules(names: LocalAwsNames) -> dict[str, list[dict]]:
     return {names.input_bucket: [upload], names.output_bucket: [result]}
 
 
+def web_cors_rules(names: LocalAwsNames) -> dict[str, list[dict]]:
+    """The buckets' CORS rules, as template.yaml sets them: the web page uploads a big image to
+    its presigned POST/PUT URL and reads the result through its presigned GET URL."""
+    upload = {"AllowedMethods": ["POST", "PUT"], "AllowedOrigins": ["*"], "AllowedHeaders": ["*"], "MaxAgeSeconds": 600}
+    result = {"AllowedMethods": ["GET"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 600}
+    return {names.input_bucket: [upload], names.output_bucket: [result]}
+
+
 def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibility_timeout: int = 30) -> dict:
     """Buckets, idempotency table, queue + DLQ and the input bucket's notification to the queue,
     as the SAM template deploys them. Uses the current environment (AWS_ENDPOINT_URL)."""
@@ -239,6 +247,8 @@ def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibi
     ddb = boto3.client("dynamodb")
     for bucket in (names.input_bucket, names.output_bucket):
         s3.create_bucket(Bucket=bucket)
+    for bucket, rules in web_cors_rules(names).items():  # the web page talks to S3 directly, as deployed
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
     for bucket, rules in web_cors_rules(names).items():  # the web page talks to S3 directly, as deployed
         s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
     ddb.create_table(

@@ -50,7 +50,7 @@ def header(response: dict, name: str) -> str:
 def test_the_page_is_small_self_contained_and_shipped_with_the_package():
     html = web.page().html.decode("utf-8")
     assert len(web.page().html) < web.MAX_PAGE_BYTES
-    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", html), "loads something from a URL"
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"(?!data:)", html), "loads something from a URL"
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", html), "names another host"
     assert "@import" not in html and "url(" not in html  # nothing fetched by CSS either
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
@@ -129,3 +129,19 @@ def test_without_upload_buckets_the_page_connects_only_to_its_own_api():
     response = api_flow.page_response(storage=None, config=config)  # type: ignore[arg-type]
     policy = response.headers["Content-Security-Policy"]
     assert "connect-src 'self';" in policy
+
+
+def test_the_local_buckets_answer_the_browser_as_the_deployed_ones():
+    """The page's big-image flow runs locally only if moto's buckets have the template's CORS rules."""
+    from cfnlint.decode import decode_str
+
+    from anonymizer_local.emulator import LocalAwsNames, web_cors_rules
+
+    tpl, problems = decode_str((ROOT / "template.yaml").read_text())
+    assert not problems
+    names = LocalAwsNames()
+    local = web_cors_rules(names)
+    for resource, bucket in (("InputBucket", names.input_bucket), ("OutputBucket", names.output_bucket)):
+        deployed = tpl["Resources"][resource]["Properties"]["CorsConfiguration"]["CorsRules"]
+        as_boto3 = [{("MaxAgeSeconds" if k == "MaxAge" else k): v for k, v in rule.items()} for rule in deployed]
+        assert as_boto3 == local[bucket], resource
