@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -229,14 +230,6 @@ def web_cors_rules(names: LocalAwsNames) -> dict[str, list[dict]]:
     return {names.input_bucket: [upload], names.output_bucket: [result]}
 
 
-def web_cors_rules(names: LocalAwsNames) -> dict[str, list[dict]]:
-    """The buckets' CORS rules, as template.yaml sets them: the web page uploads a big image to
-    its presigned POST/PUT URL and reads the result through its presigned GET URL."""
-    upload = {"AllowedMethods": ["POST", "PUT"], "AllowedOrigins": ["*"], "AllowedHeaders": ["*"], "MaxAgeSeconds": 600}
-    result = {"AllowedMethods": ["GET"], "AllowedOrigins": ["*"], "MaxAgeSeconds": 600}
-    return {names.input_bucket: [upload], names.output_bucket: [result]}
-
-
 def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibility_timeout: int = 30) -> dict:
     """Buckets, idempotency table, queue + DLQ and the input bucket's notification to the queue,
     as the SAM template deploys them. Uses the current environment (AWS_ENDPOINT_URL)."""
@@ -247,8 +240,6 @@ def create_resources(names: LocalAwsNames, *, notifications: bool = True, visibi
     ddb = boto3.client("dynamodb")
     for bucket in (names.input_bucket, names.output_bucket):
         s3.create_bucket(Bucket=bucket)
-    for bucket, rules in web_cors_rules(names).items():  # the web page talks to S3 directly, as deployed
-        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
     for bucket, rules in web_cors_rules(names).items():  # the web page talks to S3 directly, as deployed
         s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
     ddb.create_table(
@@ -316,6 +307,10 @@ class LocalAws:
         self.port = self.port or free_port(self.host)
         self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self.server.start()
+        # moto keeps its state per process, not per server: start from an empty account, so that
+        # a second emulator in the same process (tests) does not find the first one's resources.
+        reset = urllib.request.Request(self.endpoint_url + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=30).read()
         env = {k: v for k, v in self.env_defaults.items() if k not in os.environ}
         env.update(aws_environment(self.endpoint_url, self.names))
         self._saved_env = {k: os.environ.get(k) for k in env}

@@ -57,16 +57,17 @@ class LocalApi:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LocalApi:
-        self.aws.start()
+        # The port first: a taken one fails fast (OSError), before moto starts or a function loads.
+        self.httpd = ThreadingHTTPServer((self.host, self.port), _make_request_handler(self._invoke_api))
+        self.port = self.httpd.server_address[1]
         try:
+            self.aws.start()
             self.api_function = self.aws.load("api_anonymize")
             self.s3_function = self.aws.load("s3_anonymize")
-            handler = _make_request_handler(self._invoke_api)
-            self.httpd = ThreadingHTTPServer((self.host, self.port), handler)
         except BaseException:
+            self.httpd.server_close()
             self.aws.stop()
             raise
-        self.port = self.httpd.server_address[1]
         self._threads = [threading.Thread(target=self.httpd.serve_forever, name="local-api", daemon=True)]
         if self.worker_interval > 0:
             self._threads.append(threading.Thread(target=self._worker, name="local-s3-worker", daemon=True))
