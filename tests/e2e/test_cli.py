@@ -1,15 +1,17 @@
 """The CLI end to end on real images from ../shared/data (skipped where that folder is absent)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 from anonymizer import imageio
-from anonymizer.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
+from anonymizer_local.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, main
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +29,7 @@ def test_anonymize_files_into_a_folder(street_images, tmp_path, capsys):
         out = tmp_path / source.name
         assert out.is_file() and imageio.metadata_markers(out.read_bytes()) == []
         report = json.loads((tmp_path / (source.name + ".report.json")).read_text())
-        assert report["source"] == str(source)
+        assert report["source"] == source.name  # relative: no folder outside the inputs leaks
         assert report["counts"]["face"] >= 1  # every one of these street photos shows faces
         assert imageio.decode(out.read_bytes()).pixels.shape == imageio.decode(source.read_bytes()).pixels.shape
 
@@ -98,7 +100,7 @@ def test_eval_prints_the_figures_on_a_split(shared_data, tmp_path, capsys):
 
 def test_the_installed_command_runs(street_images, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "anonymizer.cli", str(street_images[0]), "-o", str(tmp_path),
+        [sys.executable, "-m", "anonymizer_local.cli", str(street_images[0]), "-o", str(tmp_path),
          "--targets", "face", "--effect", "pixelate"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -146,3 +148,33 @@ def test_eval_can_look_at_the_set_as_a_camera_of_another_resolution(shared_data,
     assert runs[None]["objects"] == runs["1920x1080"]["objects"] > 0
     assert runs["1920x1080"]["recall@0.5"] >= 0.5  # the labels moved with the pixels
     assert main(["eval", str(folder), "--ids", str(ids), "--resize", "wide"]) == EXIT_USAGE
+
+
+def test_two_folders_holding_the_same_name_give_two_outputs(street_images, tmp_path, capsys):
+    """`anonymize dA dB -o out` with p.jpg in both: two outputs, two successes, none overwritten."""
+    for folder, source in (("dA", street_images[0]), ("dB", street_images[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "p.jpg")
+    out = tmp_path / "out"
+    for jobs in ("1", "3"):  # images in flight must not race for one name either
+        shutil.rmtree(out, ignore_errors=True)
+        code = main([str(tmp_path / "dA"), str(tmp_path / "dB"), "-o", str(out), "--targets", "face", "--jobs", jobs])
+        assert code == EXIT_OK
+        outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        assert outputs == ["1/p.jpg", "p.jpg"]
+        assert (out / "p.jpg").read_bytes() != (out / "1" / "p.jpg").read_bytes()
+        assert "anonymized 2 of 2 image(s)" in capsys.readouterr().err
+
+
+def test_the_closing_summary_counts_per_class_and_names_empty_images(street_images, tmp_path, capsys):
+    blank = tmp_path / "Empty-Wall.JPG"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 190, np.uint8))
+    code = main([str(street_images[0]), str(blank), "-o", str(tmp_path / "out"), "--targets", "face", "--report"])
+    assert code == EXIT_OK
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / (street_images[0].name + ".report.json")).read_text())
+    faces = report["counts"]["face"]
+    assert faces >= 1
+    assert re.search(rf"anonymized 2 of 2 image\(s\) into \S+ in [0-9.]+ s; found {faces} face\(s\)", err), err
+    assert f"nothing found in 1 image(s): {blank}" in err
+    assert (tmp_path / "out" / "Empty-Wall.JPG").is_file()  # the file name's case is kept
