@@ -69,7 +69,7 @@ def driver(downloads):
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # console, requests
     drv = webdriver.Chrome(options=options, service=Service(chromedriver))
     drv.implicitly_wait(0)
     yield drv
@@ -246,6 +246,31 @@ def test_a_big_photo_goes_through_the_presigned_upload_with_a_progress_bar(
     assert change > 5, f"face region barely changed: mean |diff| {change:.1f}"
     assert get_anonymizer().detect(out_path.read_bytes(), parse_options({"targets": "face"}))["counts"]["face"] == 0
     assert csp_violations(driver) == []
+
+
+def test_the_api_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(driver, server, shared_data):
+    photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
+    open_page(driver, server)
+    driver.get_log("performance")  # forget the requests so far
+    driver.find_element("id", "key-button").click()
+    assert driver.find_element("id", "keybox").is_displayed()
+    assert driver.switch_to.active_element.get_attribute("id") == "api-key"  # focus goes to the field
+    driver.switch_to.active_element.send_keys("k3y-for-this-tab\n")
+    assert not driver.find_element("id", "keybox").is_displayed()
+    assert driver.execute_script("return sessionStorage.getItem('anonymizer.apiKey')") == "k3y-for-this-tab"
+    driver.find_element("id", "file-input").send_keys(str(photo))
+    item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
+    wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the result")
+
+    sent = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+    requests = [m["params"]["request"] for m in sent if m["method"] == "Network.requestWillBeSent"]
+    api_calls = [r for r in requests if r["url"].startswith(server.url + "/anonymize")]
+    assert api_calls, [r["url"] for r in requests]
+    for request in api_calls:
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert headers.get("x-api-key") == "k3y-for-this-tab", request["url"]
+    assert not [r["url"] for r in requests if "k3y" in r["url"]]  # never in a URL
+    assert all(r["url"].startswith((server.url, "blob:", "data:")) for r in requests)  # only its own API
 
 
 def test_the_page_fits_a_phone(driver, server):
