@@ -109,7 +109,7 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-FUNCTIONS = ("S3AnonymizeFunction", "ApiAnonymizeFunction")
+FUNCTIONS = ("S3AnonymizeFunction", "ApiAnonymizeFunction", "S3BackfillFunction")
 
 
 # -- shape --------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_globals_powertools_tracing_architecture(tpl):
 
 def test_exactly_two_functions_share_the_one_layer(tpl):
     functions = resources(tpl, "AWS::Serverless::Function")
-    assert set(functions) == set(FUNCTIONS)
+    assert set(functions) == set(FUNCTIONS) | {"VideoFunction"}  # the video function is an image (test_video_template)
     layers = resources(tpl, "AWS::Serverless::LayerVersion")
     assert list(layers) == ["AnonymizerLayer"]
     for name in FUNCTIONS:
@@ -229,13 +229,17 @@ def test_output_bucket_is_never_an_event_source(tpl):
 
 def test_input_bucket_notifies_the_queue_without_a_cycle(tpl):
     bucket = tpl["Resources"]["InputBucket"]
-    (conf,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    cond, via_eventbridge, via_s3 = bucket["Properties"]["NotificationConfiguration"]["Fn::If"]  # InputWiring
+    assert cond == "InputViaEventBridge" and via_eventbridge == {
+        "EventBridgeConfiguration": {"EventBridgeEnabled": True}
+    }
+    (conf,) = via_s3["QueueConfigurations"]
     assert conf["Event"] == "s3:ObjectCreated:*"
     assert conf["Queue"] == {"Fn::GetAtt": ["InputQueue", "Arn"]}
     assert "InputQueuePolicy" in as_list(bucket.get("DependsOn", []))  # S3 checks the policy on create
     policy = props(tpl, "InputQueuePolicy")
     assert "InputBucket" not in refs_in(policy), "queue policy must not reference the bucket (cycle)"
-    (allow,) = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    (allow,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Effect") == "Allow"]
     assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
     assert allow["Action"] == "sqs:SendMessage"
     source_arn = allow["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
@@ -552,3 +556,94 @@ def test_checkov_passes_with_only_the_reasoned_skips():
     assert not failed, "\n".join(failed)
     assert result["summary"]["parsing_errors"] == 0 and result["summary"]["passed"] >= 30
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- completion events, EventBridge input, backfill (issue 14) ------------------------------------
+
+
+def test_completion_events_go_to_the_chosen_bus(tpl):
+    params, conds = tpl["Parameters"], tpl["Conditions"]
+    assert params["EventBusName"]["Default"] == "default"
+    assert conds["CreateEventBus"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EventBusName"}, "default"]}]}
+    assert tpl["Resources"]["CompletionEventBus"]["Condition"] == "CreateEventBus"
+    bus = {"Fn::If": ["CreateEventBus", {"Ref": "CompletionEventBus"}, {"Ref": "EventBusName"}]}
+    arn = "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+    for fn in ("S3AnonymizeFunction", "S3BackfillFunction"):
+        assert function_env(tpl, fn)["EVENT_BUS_NAME"] == bus
+        (put,) = [st for st in inline_statements(tpl, fn) if st["Action"] == "events:PutEvents"]
+        assert put["Resource"] == {"Fn::Sub": arn}  # that bus only
+    assert "EVENT_BUS_NAME" not in function_env(tpl, "ApiAnonymizeFunction")
+    # optional: a rule on that bus -> a queue, allowed by the queue policy for that rule only
+    rule = tpl["Resources"]["ObjectEventsRule"]
+    assert rule["Condition"] == "HasObjectEventsQueue" and rule["Properties"]["EventBusName"] == bus
+    assert rule["Properties"]["EventPattern"]["source"] == ["anonymizer"]
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["ObjectEventsQueueResource", "Arn"]}
+    statements = props(tpl, "ObjectEventsQueuePolicy")["PolicyDocument"]["Statement"]
+    (allow,) = [st for st in statements if st["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["ObjectEventsRule", "Arn"]}
+
+
+def test_input_wiring_eventbridge_rule_feeds_the_same_queue(tpl):
+    assert set(tpl["Parameters"]["InputWiring"]["AllowedValues"]) == {"S3ToSqs", "EventBridgeToSqs"}
+    assert tpl["Parameters"]["InputWiring"]["Default"] == "S3ToSqs"
+    rule = tpl["Resources"]["InputObjectCreatedRule"]
+    assert rule["Condition"] == "InputViaEventBridge"
+    p = rule["Properties"]
+    assert p["EventBusName"] == "default"  # where S3 sends its EventBridge notifications
+    assert p["EventPattern"]["source"] == ["aws.s3"] and p["EventPattern"]["detail-type"] == ["Object Created"]
+    bucket_name = props(tpl, "InputBucket")["BucketName"]
+    assert p["EventPattern"]["detail"]["bucket"]["name"] == [bucket_name]  # the fixed pattern: no cycle
+    (target,) = p["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["InputQueue", "Arn"]}  # same queue, DLQ, batching
+    statements = props(tpl, "InputQueuePolicy")["PolicyDocument"]["Statement"]
+    (conditional,) = [st for st in statements if "Fn::If" in st]
+    cond, allow, otherwise = conditional["Fn::If"]
+    assert cond == "InputViaEventBridge" and otherwise == {"Ref": "AWS::NoValue"}
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["InputObjectCreatedRule", "Arn"]}
+
+
+def test_backfill_function_is_capped_and_reads_only_the_input(tpl):
+    p = props(tpl, "S3BackfillFunction")
+    assert p["CodeUri"] == "functions/s3_backfill" and "Events" not in p  # invoked by Batch Operations only
+    assert p["ReservedConcurrentExecutions"] == {"Ref": "BackfillReservedConcurrency"}
+    assert tpl["Parameters"]["BackfillReservedConcurrency"]["MinValue"] >= 1
+    assert function_env(tpl, "S3BackfillFunction")["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    s3 = _s3_grants(tpl, "S3BackfillFunction")
+    assert s3["s3:PutObject"] == {"${OutputBucket.Arn}/*"}
+    assert s3["s3:GetObject"] == {"${InputBucket.Arn}/*", "${OutputBucket.Arn}/*"}
+    assert not any(r.startswith("${InputBucket") for a, rs in s3.items() if "Delete" in a for r in rs)
+
+
+def test_batch_operations_role_has_least_privilege(tpl):
+    role = props(tpl, "BatchOperationsRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "batchoperations.s3.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert "ManagedPolicyArns" not in role
+    grants = {}
+    for policy in role["Policies"]:
+        for st in policy["PolicyDocument"]["Statement"]:
+            assert st["Effect"] == "Allow"
+            for action in as_list(st["Action"]):
+                grants[action] = {_resource_text(r) for r in as_list(st["Resource"])}
+    assert grants == {
+        "lambda:InvokeFunction": {"${S3BackfillFunction.Arn}"},
+        "s3:GetObject": {"${BackfillBucket.Arn}/manifests/*"},
+        "s3:GetObjectVersion": {"${BackfillBucket.Arn}/manifests/*"},
+        "s3:PutObject": {"${BackfillBucket.Arn}/reports/*"},
+        "s3:GetBucketLocation": {"${BackfillBucket.Arn}"},
+    }
+    bucket = props(tpl, "BackfillBucket")
+    assert bucket["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    assert bucket["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogBucket"}
+    outputs = tpl["Outputs"]
+    for name in ("S3BackfillFunctionArn", "BatchOperationsRoleArn", "BackfillBucketName", "CompletionEventBusName"):
+        assert name in outputs
+    # the backfill command's defaults match the role's prefixes
+    from anonymizer_local.backfill import JobSpec
+
+    spec = JobSpec(account_id="1", function_arn="f", role_arn="r", report_bucket="b")
+    assert (spec.manifest_prefix, spec.report_prefix) == ("manifests", "reports")
