@@ -87,6 +87,7 @@ class FlowConfig:
     defaults: Options = field(default_factory=Options)
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     delete_original: bool = False  # delete the input object's version once its copy is published
+    video_state_machine: str = ""  # video keys start this state machine (anonymizer.video.steps)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FlowConfig:
@@ -104,6 +105,7 @@ class FlowConfig:
             defaults=options_from_env(env),
             max_object_bytes=int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_OBJECT_BYTES),
             delete_original=delete == "true",
+            video_state_machine=env.get("VIDEO_STATE_MACHINE_ARN", ""),
         )
 
 
@@ -213,6 +215,11 @@ def process_object(
     base = {"bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id, "etag": ref.etag}
     if ref.key.endswith("/") and not ref.size:
         return {**base, "status": "skipped", "reason": "folder marker"}
+    if config.video_state_machine:  # videos have their own function and state machine
+        from ..video.steps import is_video_key, start_video
+
+        if is_video_key(ref.key):
+            return start_video(config.video_state_machine, ref.bucket, ref.key, ref.version_id, ref.etag, ref.size)
     if ref.size is not None and ref.size > config.max_object_bytes:
         # The event already says it is too large: no HEAD, no download.
         error = ImageTooLargeError(

@@ -284,3 +284,26 @@ def run_step(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymi
     if step == "fail":
         return fail(event, s3, config)
     raise ValueError(f"unknown step {step!r}")
+
+
+def is_video_key(key: str) -> bool:
+    """The S3 flow's router: video keys by extension, any case (the bytes are checked at plan)."""
+    return key.lower().endswith(io.VIDEO_EXTENSIONS)
+
+
+def start_video(
+    state_machine_arn: str, bucket: str, key: str, version_id: str | None, etag: str | None, size: int | None, sfn=None
+) -> dict[str, Any]:
+    """Start the video state machine for one object; the execution name is the job id, so a
+    repeated event for the same object version starts nothing (idempotent like the image flow)."""
+    if sfn is None:
+        import boto3
+
+        sfn = boto3.client("stepfunctions")
+    data = execution_input(bucket, key, version_id, etag, size)
+    base = {"bucket": bucket, "key": key, "version_id": version_id, "etag": etag}
+    try:
+        started = sfn.start_execution(stateMachineArn=state_machine_arn, name=data["job_id"], input=json.dumps(data))
+    except sfn.exceptions.ExecutionAlreadyExists:
+        return {**base, "status": "skipped", "reason": "video job already started", "job_id": data["job_id"]}
+    return {**base, "status": "video_started", "job_id": data["job_id"], "execution": started["executionArn"]}
