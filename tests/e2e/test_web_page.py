@@ -163,7 +163,7 @@ def test_a_real_photo_is_anonymized_downloaded_and_a_bad_file_fails_beside_it(
     wait_for(lambda: item.find_elements("css selector", ".boxes:not([hidden]) div.face"), "the face outline")
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    driver.set_window_size(1280, 1360)  # the README's picture: settings, the photo, the bad file
+    driver.set_window_size(1280, 1420)  # the README's picture: settings, the photo, the bad file
     driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
     driver.save_screenshot(str(SCREENSHOT))
     driver.set_window_size(1280, 1000)
