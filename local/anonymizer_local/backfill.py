@@ -339,8 +339,8 @@ class JobSpec:
     function_arn: str
     role_arn: str
     report_bucket: str
-    report_prefix: str = "backfill/reports"
-    manifest_prefix: str = "backfill/manifests"
+    report_prefix: str = "reports"  # the stack's BatchOperationsRole may write reports/* only
+    manifest_prefix: str = "manifests"  # ... and read manifests/* only
     priority: int = 10
     description: str = "anonymize backfill"
 

@@ -227,7 +227,7 @@ def test_s3control_create_job_request_matches_the_api():
                     "JobId": "job-1",
                     "Status": "Complete",
                     "ProgressSummary": {"TotalNumberOfTasks": 3, "NumberOfTasksSucceeded": 2, "NumberOfTasksFailed": 1},
-                    "Report": {"Bucket": "arn:aws:s3:::reports", "Prefix": "backfill/reports", "Enabled": True},
+                    "Report": {"Bucket": "arn:aws:s3:::reports", "Prefix": "reports", "Enabled": True},
                 }
             },
             {"AccountId": "123456789012", "JobId": "job-1"},
@@ -236,7 +236,7 @@ def test_s3control_create_job_request_matches_the_api():
         assert jobs.create_job(spec, "backfill/manifests/m.csv", "etag", versioned=False) == "job-1"
         progress = jobs.describe("job-1")
     assert progress.done and (progress.total, progress.succeeded, progress.failed) == (3, 2, 1)
-    assert progress.report_manifest_key == "backfill/reports/job-job-1/manifest.json"
+    assert progress.report_manifest_key == "reports/job-job-1/manifest.json"
 
 
 def test_completion_report_summary():
