@@ -8,8 +8,9 @@ call one function from here and turn its result back into what AWS expects.
 * :mod:`.s3_flow` — one S3 object: read, anonymize in memory, publish to the output bucket.
 * :mod:`.api_flow` — API Gateway responses: image, JSON report, errors, uploads, results,
   the OpenAPI document.
-* :mod:`.local` — local emulation with moto's HTTP server (``anonymize local-run`` /
-  ``anonymize serve``).
+
+Local emulation (moto's HTTP server, ``anonymize local-run`` / ``serve``) is laptop-only and lives
+in ``anonymizer_local`` outside the layer; nothing here imports it.
 
 This module imports nothing from boto3 so that importing it stays cheap.
 """
