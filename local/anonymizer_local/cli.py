@@ -5,6 +5,7 @@
     anonymize eval COCO_DIR                     recall / precision / AP50 per class
     anonymize local-run [INPUT...] -o OUTDIR    the whole S3 flow on moto's S3 server
     anonymize serve                             the API on http://127.0.0.1:8080
+    anonymize backfill s3://BUCKET/PREFIX       what a bucket already holds, with S3 Batch Operations
 
 Options come from the option table (``anonymizer.options``): a flag per key, ``--set KEY=VALUE``,
 and ``ANONYMIZER_<KEY>`` environment defaults, in that order of precedence (flags win).
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from anonymizer.errors import AnonymizerError, InvalidOptionsError
 from anonymizer.options import (
@@ -42,6 +44,7 @@ from anonymizer.options import (
     parse_settings,
 )
 
+from . import backfill_cli
 from .files import SUFFIX_FOR_FORMAT, InputFile, OutputClaims, expand_inputs, output_name, plan_inputs, write_atomically
 
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "SUFFIX_FOR_FORMAT", "main"]
@@ -83,10 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (the full usage is a screen long) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of one subcommand (``run`` is the default command)."""
     command = COMMANDS[name]
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="anonymize" if name == "run" else f"anonymize {name}",
         description=__doc__ if name == "run" else command.description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,8 +203,12 @@ def _output_folder(path: Path) -> Path:
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    parser.add_argument("inputs", nargs="+", help="image or video files, folders or globs")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--audio", choices=("keep", "drop"), default="keep", help="videos: audio copied or dropped")
+    parser.add_argument(
+        "--detect-every", type=_int_between(1, 10), default=1, help="videos: detector on every k-th frame (default 1)"
+    )
     parser.add_argument("--report", action="store_true", help="also write NAME.report.json beside each output")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
@@ -236,10 +250,15 @@ class RunSummary:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from anonymizer.pipeline import Anonymizer
+    from anonymizer.video.pipeline import VideoSettings
+
+    from .video import is_video_file, run_video
 
     options = _options_from_args(args)
     output = _output_folder(args.output)
     plan = plan_inputs(args.inputs)
+    videos = [item for item in plan if is_video_file(item.path)]  # one at a time, after the images
+    plan = [item for item in plan if item not in videos]
     show_progress = args.progress if args.progress is not None else (sys.stderr.isatty() and len(plan) > 1)
     claims = OutputClaims()
     summary = RunSummary(options.targets)
@@ -282,7 +301,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 _progress(index, len(plan), started)
     if show_progress:
         print(file=sys.stderr)
-    for line in summary.lines(len(plan), output, time.perf_counter() - started):
+    for item in videos:
+        settings = VideoSettings(audio=args.audio, detect_every=args.detect_every)
+        bar = args.progress if args.progress is not None else sys.stderr.isatty()
+        outcome = run_video(
+            item, output, options, settings, anonymizer=anonymizer, claims=claims, report=args.report, progress=bar
+        )
+        if isinstance(outcome, str):
+            summary.failed += 1
+            print(f"anonymize: {item.path}: {outcome}", file=sys.stderr)
+        else:
+            summary.add(str(item.path), outcome)
+    for line in summary.lines(len(plan) + len(videos), output, time.perf_counter() - started):
         print(line, file=sys.stderr)
     return _exit_code(summary.done, summary.failed)
 
@@ -557,6 +587,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(_eval_arguments, _cmd_eval, "Recall, precision and AP50 against a COCO folder."),
     "local-run": Command(_local_run_arguments, _cmd_local_run, "The whole S3 flow locally, on moto."),
     "serve": Command(_serve_arguments, _cmd_serve, "The API on localhost."),
+    "backfill": Command(backfill_cli.arguments, backfill_cli.run, backfill_cli.DESCRIPTION),
 }
 
 if __name__ == "__main__":
