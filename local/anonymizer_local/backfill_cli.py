@@ -36,6 +36,7 @@ from .backfill import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+DESCRIPTION = "Anonymize objects already in a bucket with one S3 Batch Operations job."
 STACK_OUTPUTS = {
     "function_arn": "S3BackfillFunctionArn",
     "role_arn": "BatchOperationsRoleArn",
@@ -45,15 +46,19 @@ STACK_OUTPUTS = {
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``backfill`` on an argparse subparsers object (or build a standalone parser)."""
-    kwargs = {"help": "anonymize objects already in a bucket (S3 Batch Operations)", "description": __doc__}
-    parser = (
-        subparsers.add_parser("backfill", **kwargs)
-        if subparsers is not None
-        else argparse.ArgumentParser(
+    """Register ``backfill`` on an argparse subparsers object (None: a standalone parser)."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(
             prog="anonymize backfill", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-    )
+    else:
+        parser = subparsers.add_parser("backfill", help=DESCRIPTION, description=__doc__)
+    arguments(parser)
+    return parser
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's arguments (``anonymize backfill --help``)."""
     parser.add_argument("source", help="s3://bucket/prefix: the images to anonymize")
     parser.add_argument("--inventory", metavar="S3_URL", help="manifest.json of an S3 Inventory report (CSV) to use")
     parser.add_argument("--stack", help="CloudFormation stack whose outputs name the function, role and buckets")
@@ -67,8 +72,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="show what would run; create nothing")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between progress updates")
-    parser.set_defaults(command_run=run)
-    return parser
 
 
 def build_manifest(s3: Any, args: argparse.Namespace) -> list[ManifestEntry]:
@@ -166,12 +169,23 @@ def run(
     except BackfillError as exc:
         print(f"anonymize backfill: {exc}", file=err)
         return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - AWS errors (credentials, access, throttling): one line
+        if not _is_aws_error(exc):
+            raise
+        print(f"anonymize backfill: {type(exc).__name__}: {exc}", file=err)
+        return EXIT_FAILED
     summary = summarize_report(rows)
     print(f"job {job_id}: " + format_summary(summary), file=out)
     failed = summary["permanent_failures"] + summary["temporary_failures"]
     if not failed:
         return EXIT_OK
     return EXIT_PARTIAL if failed < summary["tasks"] else EXIT_FAILED
+
+
+def _is_aws_error(exc: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, BotoCoreError | ClientError)
 
 
 def _ask(question: str) -> bool:

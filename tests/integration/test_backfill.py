@@ -258,3 +258,15 @@ def test_completion_report_summary():
     assert summary["first_failures"][0]["key"] == "k 3.jpg"
     estimate = backfill.estimate_cost(1_000_000, 300.0)
     assert round(estimate.usd_lambda, 2) == round(1e6 * 0.3 * 2 * 0.0000133334 + 0.2, 2)
+
+
+def test_the_anonymize_command_has_backfill(local, small_jpegs, capsys):
+    from anonymizer_local.cli import main
+
+    s3 = local.client("s3")
+    s3.put_object(Bucket="it-input", Key="x/one.jpg", Body=small_jpegs[0])
+    assert main(["backfill", "s3://it-input/x/", "--dry-run", "--ms-per-image", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "1 object(s); 200 ms per image (given)" in out and "would anonymize s3://it-input/x/one.jpg" in out
+    assert main(["backfill", "not-a-url", "--dry-run"]) == 1
+    assert "expected s3://bucket" in capsys.readouterr().err
