@@ -11,6 +11,7 @@ Splits (duplicate-aware, ``dhash`` of training/plates_data.py):
 - romania-dashcam: by video; the held-out night video and the threshold video validate.
 - web-cars: the held-out ids of training/splits.json validate (copies in training dropped).
 - openimages-dev: odd ids validate (one copy per Open Images id; near copies dropped from training).
+The validation ids are frozen in ``face_verifier_splits.json`` (the plate splits may move on).
 
 Proposals are cached (``--cache``, outside the repository: they derive from the data sets).
 """
@@ -33,6 +34,7 @@ from .plates_data import dhash
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLITS = Path(__file__).resolve().parent / "splits.json"
+FROZEN = Path(__file__).resolve().parent / "face_verifier_splits.json"  # this verifier's splits, frozen
 CACHE = Path("/tmp/anonymizer-face-verifier")
 SOURCES = {
     "street": "faces/street-masks-dev",
@@ -54,11 +56,13 @@ def proposal_detector() -> CenterNetDetector:
     return CenterNetDetector(replace(ModelCard.load("face"), verifier=None), threads=1)
 
 
-def validation_ids(source: str, items) -> set[int]:
-    """Image ids of ``source`` kept for validation (never trained on)."""
+def validation_ids(source: str, items=None) -> set[int]:
+    """Image ids of ``source`` kept for validation (never trained on), as frozen in ``FROZEN``."""
+    if FROZEN.exists():
+        return set(json.loads(FROZEN.read_text())["val_image_ids"][source])
     if source in ("street", "openimages"):
         return {it.image_id for it in items if it.image_id % 2 == 1}
-    splits = json.loads(SPLITS.read_text())
+    splits = json.loads(SPLITS.read_text())  # the plate splits of commit 485d58a (first freeze)
     if source == "dashcam":
         d = splits["romania-dashcam"]
         return set(d["holdout_image_ids"]) | set(d["threshold_image_ids"])

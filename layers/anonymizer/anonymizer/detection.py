@@ -109,7 +109,7 @@ class CenterNetDetector:
         threshold = self.card.threshold if threshold is None else threshold
         plan = [(p, (self.label,)) for p in self.plan(image.shape[1], image.shape[0], min_size)]
         parts = run_plan(image, plan, self.run_jobs, {self.label: self.card}, {self.label: threshold})
-        return self.verify(image, self.finish(parts[self.label], image.shape[1], image.shape[0]))
+        return self.verify(image, self.finish(parts[self.label], image.shape[1], image.shape[0]), threshold)
 
     def plan(self, width: int, height: int, min_size: float | None = None) -> list[Pass]:
         """The passes that find every object from ``min_size`` px (default: the card's) upwards.
@@ -146,12 +146,12 @@ class CenterNetDetector:
         keep = nms(boxes, scores, 0.4)
         return [Detection(self.label, float(scores[i]), tuple(float(v) for v in boxes[i])) for i in keep]
 
-    def verify(self, image: np.ndarray, detections: list[Detection]) -> list[Detection]:
-        """The detections the card's verifier confirms (all of them when the card names none)."""
+    def verify(self, image: np.ndarray, detections: list[Detection], threshold: float) -> list[Detection]:
+        """Detections rescored by the card's verifier, kept from ``threshold`` (as they are without one)."""
         if self.verifier is None or not detections:
             return detections
-        accepted = self.verifier.accepts(image, [d.box for d in detections])
-        return [d for d, ok in zip(detections, accepted, strict=True) if ok]
+        scores = self.verifier.rescore(image, [d.box for d in detections], [d.score for d in detections])
+        return [replace(d, score=float(v)) for d, v in zip(detections, scores, strict=True) if v >= threshold]
 
     def _adjust(self, boxes: np.ndarray, w: int, h: int) -> np.ndarray:
         """Map the model's box convention to the one our data labels (see the model card)."""
@@ -432,7 +432,10 @@ class SharedTrunkDetector:
         cards = {k: self.members[k].card for k in wanted}
         plan = [(p, tuple(labels)) for p, labels in passes.items()]
         parts = run_plan(image, plan, self.run_jobs, cards, thresholds)
-        found = {k: self.members[k].verify(image, self.members[k].finish(parts[k], w, h)) for k in wanted}
+        found = {}
+        for k in wanted:  # each member's own verifier: a label's answer does not depend on the others
+            member = self.members[k]
+            found[k] = member.verify(image, member.finish(parts[k], w, h), thresholds[k])
         timings["detect_" + "+".join(wanted)] = elapsed_ms(t0)
         return found
 
