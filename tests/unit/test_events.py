@@ -349,3 +349,17 @@ def test_bad_invocations_are_refused():
     (task,) = batch.parse_invocation(v1).tasks
     assert (task.bucket, task.key, task.version_id) == ("in", "a.jpg", "3")
     assert batch.parse_invocation(invocation("x.jpg")).user_arguments == {"k": "v"}
+
+
+def test_sample_batch_invocation_parses():
+    sample = json.loads((EVENTS_DIR / "s3_batch_invocation.json").read_text())
+    invocation = batch.parse_invocation(sample)
+    (task,) = invocation.tasks
+    assert invocation.schema_version == "2.0" and invocation.job_id == "f3cc4f60-61f6-4a2b-8a21-d07600c373ce"
+    assert (task.bucket, task.key, task.version_id) == (
+        "anonymizer-input-123456789012",
+        "street/Place de la Gare été.jpg",
+        None,
+    )
+    # the sample completion event is what the schema describes
+    VALIDATOR.validate(json.loads((EVENTS_DIR / "eventbridge_object_anonymized.json").read_text()))
