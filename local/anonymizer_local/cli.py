@@ -520,7 +520,16 @@ def _cmd_local_run(args: argparse.Namespace) -> int:
     if missing:
         raise CommandError(f"no such file or folder: {', '.join(missing)}")
     log = args.log or output / "local-run.log"
-    summary = run_local_s3_flow([Path(item) for item in args.inputs], output, values or None, log_path=log)
+    from .video import is_video_file, run_video_workflow
+
+    videos = [Path(item) for item in args.inputs if Path(item).is_file() and is_video_file(Path(item))]
+    images = [Path(item) for item in args.inputs if Path(item) not in videos]
+    summary = {"ok": 0, "failed": 0}
+    if images or not videos:  # no inputs at all: the embedded sample image
+        summary = run_local_s3_flow(images, output, values or None, log_path=log)
+    if videos:  # the video state machine's own definition, walked locally
+        done = run_video_workflow(videos, output, values or None)
+        summary = {k: summary.get(k, 0) + done[k] for k in ("ok", "failed")}
     if not summary.get("ok"):
         return EXIT_FAILED
     return EXIT_OK if not summary.get("failed") else EXIT_PARTIAL

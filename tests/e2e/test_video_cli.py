@@ -72,3 +72,12 @@ def test_progress_shows_frames_and_an_eta() -> None:
     line = stream.getvalue()
     assert "detect 10/100 frames" in line and "5.0 fps" in line
     assert "ETA 0:38" in line  # 90 frames left to detect + 100 to render, at 5 fps
+
+
+def test_local_run_walks_the_state_machine_for_a_video(clip: Path, tmp_path: Path, capsys) -> None:
+    assert main(["local-run", str(clip), "-o", str(tmp_path), "--set", "targets=face"]) == 0
+    err = capsys.readouterr().err
+    assert "states: Plan -> Segments -> Segment -> Join -> Done" in err
+    assert count_frames(tmp_path / "still.mov") == count_frames(clip)
+    report = json.loads((tmp_path / "still.mov.report.json").read_text())
+    assert report["status"] == "ok" and report["counts"] == {"face": 1} and report["parts"] == 1
