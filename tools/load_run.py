@@ -20,12 +20,14 @@ What it does, all on 127.0.0.1 and all bounded (deadlines, iteration caps):
    read timeout that botocore's own retries absorb);
 5. stops when the queue is empty and no invocation is in flight (or at ``--time-limit``), then
    checks every object: in the output bucket (image + report + tags, the report matching the
-   image) or in the DLQ, never both, never lost, never two different bodies for one key, never
-   the original bytes.
+   image), refused for good (a corrupt image: a ``status: failed`` report and no image, no retry)
+   or in the DLQ, never both, never lost, never two different bodies for one key, never the
+   original bytes.
 
 Prints: in, out, failed (DLQ), lost, duplicated, objects/s, wall time. Exit status 0 only when
-lost == duplicated == 0, no partial publication, and every corrupt object (and only those)
-ended in the DLQ. ``run_load()`` is the same as a function (tests/integration/test_faults.py).
+lost == duplicated == 0, no partial publication, every corrupt object (and only those) refused
+with a failure report, and nothing valid in the DLQ. ``run_load()`` is the same as a function
+(tests/integration/test_faults.py).
 """
 
 from __future__ import annotations
@@ -513,10 +515,11 @@ def run_load(
             keys = set(by_key)
             out = keys & images & reports
             failed = keys & set(dlq_keys)
-            partial = sorted((images ^ reports) & keys)
+            rejected = {k for k in (reports - images) & keys if _failure_report(s3, names, k)}
+            partial = sorted((images ^ reports) & keys - rejected)
             foreign = sorted((images | reports) - keys)
             both = sorted(out & failed)
-            lost = sorted(keys - out - failed)
+            lost = sorted(keys - out - failed - rejected)
 
             digests = tap.image_digests()
             duplicated = sorted(k for k, d in digests.items() if len(d) > 1)
@@ -531,7 +534,8 @@ def run_load(
             corrupt = keys - valid
             expectation = {
                 "valid_not_out": sorted(valid - out),
-                "corrupt_not_in_dlq": sorted(corrupt - failed),
+                "corrupt_not_refused": sorted(corrupt - rejected),
+                "corrupt_in_dlq": sorted(corrupt & failed),  # refused once, never retried into the DLQ
                 "valid_in_dlq": sorted(valid & failed),
             }
             left_in_queue = len(_receive_all(sqs, queue_url, max_rounds=50))
@@ -549,6 +553,7 @@ def run_load(
         "corrupt": len(corrupt),
         "out": len(out),
         "failed": len(failed),
+        "rejected": len(rejected),
         "lost": len(lost),  # = in - out - failed (+ in both, which must be 0 too)
         "lost_keys": lost,
         "duplicated": len(duplicated),
@@ -604,6 +609,13 @@ def run_load(
     return result
 
 
+def _failure_report(s3: Any, names: Any, key: str) -> bool:
+    """Whether ``key``'s report in the output bucket records a permanent failure (with its message)."""
+    body = s3.get_object(Bucket=names.output_bucket, Key=key + REPORT_SUFFIX)["Body"].read()
+    report = json.loads(body)
+    return report.get("status") == "failed" and bool(report.get("error")) and bool(report.get("message"))
+
+
 def _verify_outputs(s3: Any, names: Any, keys: list[str], input_etags: dict[str, str]) -> list[str]:
     """Each published image: content type, metadata naming its source, tags, and a report that
     describes exactly this image. Returns the problems found (empty: all good)."""
@@ -612,15 +624,15 @@ def _verify_outputs(s3: Any, names: Any, keys: list[str], input_etags: dict[str,
         head = s3.head_object(Bucket=names.output_bucket, Key=key)
         if not str(head.get("ContentType", "")).startswith("image/"):
             return f"{key}: content type {head.get('ContentType')}"
-        if head["Metadata"].get("anonymizer-source-etag") != input_etags[key]:
-            return f"{key}: source etag {head['Metadata'].get('anonymizer-source-etag')} != {input_etags[key]}"
+        if input_etags[key] in json.dumps(head["Metadata"]):
+            return f"{key}: the original's ETag (its MD5) is in the output's metadata"
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=names.output_bucket, Key=key)["TagSet"]}
         if tags.get("anonymizer-status") != "ok" or not tags.get("anonymizer-model", "").startswith("face="):
             return f"{key}: tags {tags}"
         report = json.loads(s3.get_object(Bucket=names.output_bucket, Key=key + REPORT_SUFFIX)["Body"].read())
         if report.get("status") != "ok" or report["source"]["key"] != key:
             return f"{key}: report {report.get('status')} for {report.get('source', {}).get('key')}"
-        if report["output"]["size"] != head["ContentLength"] or report["source"]["etag"] != input_etags[key]:
+        if report["output"]["size"] != head["ContentLength"] or input_etags[key] in json.dumps(report):
             return f"{key}: the report describes another image"
         if str(report["counts"]["face"]) != head["Metadata"].get("anonymizer-faces"):
             return f"{key}: face count differs between report and image"
@@ -641,6 +653,7 @@ def format_result(r: dict) -> str:
         f"  in           {r['objects_in']}",
         f"  out          {r['out']}   (output bucket: image + report + tags, checked)",
         f"  failed       {r['failed']}   (DLQ)",
+        f"  rejected     {r['rejected']}   (refused for good: failure report, no image, no retry)",
         f"  lost         {r['lost']}",
         f"  duplicated   {r['duplicated']}   (keys published with different bytes)",
         f"  in both      {r['in_both']}   partial {len(r['partial'])}   original bytes published "

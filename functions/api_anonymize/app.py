@@ -71,7 +71,7 @@ def create_upload() -> Response:
 @app.get("/results/<upload_id>")
 @tracer.capture_method
 def get_result(upload_id: str) -> Response:
-    return api_flow.get_result(upload_id, storage=storage, config=config)
+    return api_flow.get_result(app.current_event.raw_event, upload_id, storage=storage, config=config)
 
 
 @app.exception_handler(AnonymizerError)

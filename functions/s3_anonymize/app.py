@@ -1,12 +1,17 @@
 """S3 -> SQS -> Lambda: anonymize every image created in the input bucket.
 
 Thin handler: Powertools parses the SQS batch, :mod:`anonymizer.aws.s3_flow` does the work.
-Each SQS message carries one S3 event notification; a record whose object fails is reported
-in ``batchItemFailures`` (ReportBatchItemFailures) so only it is retried and, in the end,
-lands in the DLQ. Each object is processed at most once per version/eTag (idempotency table).
+Each SQS message carries one S3 event notification; a record whose object fails transiently is
+reported in ``batchItemFailures`` (ReportBatchItemFailures) so only it is retried and, in the
+end, lands in the DLQ. A permanent failure (not an image, too big, bad options) is recorded once
+(failure report + tags, see :func:`anonymizer.aws.s3_flow.record_failure`) and not retried.
+Each object is processed at most once per version/eTag (idempotency table).
 
-Environment: OUTPUT_BUCKET, IDEMPOTENCY_TABLE, MAX_OBJECT_BYTES, ANONYMIZER_* (option
-defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
+The SQS messages are S3 event notifications (S3 -> SQS) or S3 "Object Created" events from an
+EventBridge rule (EventBridge -> SQS); the template's InputWiring parameter picks one.
+
+Environment: OUTPUT_BUCKET, IDEMPOTENCY_TABLE, MAX_OBJECT_BYTES, DELETE_ORIGINAL, EVENT_BUS_NAME (completion
+events), ANONYMIZER_* (option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ def process_once(ref: s3_flow.ObjectRef) -> dict:
         metrics.add_metric(name="FacesFound", unit=MetricUnit.Count, value=summary["faces"])
         metrics.add_metric(name="PlatesFound", unit=MetricUnit.Count, value=summary["plates"])
         metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=summary["latency_ms"])
+    if summary["status"] == "failed":  # permanent (not an image, too big): recorded once, never retried
+        metrics.add_metric(name="ObjectsRejected", unit=MetricUnit.Count, value=1)
+        logger.warning("object rejected; nothing published", extra={"error": summary["error"]})
+        return summary
     logger.info("object done", extra={k: v for k, v in summary.items() if k != "models"})
     return summary
 

@@ -40,6 +40,14 @@ def api(load_fn):
     return load_fn("api_anonymize")
 
 
+def post_form(upload: dict, data: bytes) -> requests.Response:
+    """What a client does with POST /uploads' answer: the signed fields, then the file (a presigned POST)."""
+    ticket = upload["upload"]
+    assert ticket["method"] == "POST"
+    files = {ticket["file_field"]: ("image", data)}
+    return requests.post(ticket["url"], data=ticket["fields"], files=files, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def big_png(astronaut_bgr) -> bytes:
     """A 1600 x 1600 PNG of the astronaut with grain: over 5 MB, past the synchronous limit."""
@@ -121,9 +129,10 @@ def test_large_image_goes_through_the_presigned_flow(api, load_fn, local, engine
     status, _, _ = call(api, "GET", f"/results/{upload_id}")
     assert status == 404  # nothing uploaded yet
 
-    # 3. the client PUTs the bytes straight to S3 (moto), with the signed headers
-    put = requests.put(upload["upload"]["url"], data=big_png, headers=upload["upload"]["headers"], timeout=30)
-    assert put.status_code == 200, put.text
+    # 3. the client POSTs the form straight to S3 (moto's server): signed fields, then the file
+    assert upload["upload"]["max_bytes"] >= len(big_png)
+    put = post_form(upload, big_png)
+    assert put.status_code in (200, 201, 204), put.text
     status, _, data = call(api, "GET", f"/results/{upload_id}")
     assert status == 202 and json.loads(data)["status"] == "processing"
 
@@ -149,14 +158,16 @@ def test_large_image_goes_through_the_presigned_flow(api, load_fn, local, engine
 def test_failed_upload_reports_why(api, load_fn, local, engine):
     status, _, data = call(api, "POST", "/uploads")
     upload = json.loads(data)
-    put = requests.put(upload["upload"]["url"], data=b"definitely not an image", timeout=30)
-    assert put.status_code == 200
-    local.pump(load_fn("s3_anonymize").lambda_handler)
+    put = post_form(upload, b"definitely not an image")
+    assert put.status_code in (200, 201, 204)
+    runs = local.pump(load_fn("s3_anonymize").lambda_handler)
+    assert runs and all(r["response"] == {"batchItemFailures": []} for r in runs)  # refused for good, no retry
     status, _, data = call(api, "GET", f"/results/{upload['id']}")
     assert status == 422
     body = json.loads(data)
-    assert body["status"] == "failed" and body["error"] == "invalid_image"
-    assert local.client("s3").list_objects_v2(Bucket=local.names.output_bucket)["KeyCount"] == 0
+    assert body["status"] == "failed" and body["error"] == "invalid_image" and body["message"]
+    listing = local.client("s3").list_objects_v2(Bucket=local.names.output_bucket)
+    assert [o["Key"] for o in listing["Contents"]] == [f"uploads/{upload['id']}.report.json"]  # no image
 
 
 def test_unknown_results_and_routes(api, engine):
@@ -198,7 +209,7 @@ def test_local_http_server_like_curl(engine, astronaut_jpeg, local):
         with urllib.request.urlopen(urllib.request.Request(server.url + "/uploads", method="POST")) as response:
             upload = json.loads(response.read())
         assert upload["result"]["url"] == f"{server.url}/results/{upload['id']}"
-        assert requests.put(upload["upload"]["url"], data=astronaut_jpeg, timeout=30).status_code == 200
+        assert post_form(upload, astronaut_jpeg).status_code in (200, 201, 204)
         server.process_uploads()
         with urllib.request.urlopen(upload["result"]["url"]) as response:
             assert json.loads(response.read())["status"] == "done"

@@ -281,29 +281,42 @@ class Rig:
         options = parse_options({}, defaults=self.fn.config.defaults)
         return self.real.anonymize(self.inputs[key], options).data
 
-    def assert_settled(self, *, ok: set[str], dlq: set[str], allow_both: set[str] = frozenset()) -> dict:
-        """Every input either published (correctly) or in the DLQ; nothing lost, nothing twice."""
+    def assert_settled(
+        self,
+        *,
+        ok: set[str],
+        dlq: set[str],
+        allow_both: set[str] = frozenset(),
+        rejected: set[str] = frozenset(),
+    ) -> dict:
+        """Every input either published (correctly), refused for good (a failure report, no image,
+        not in the DLQ) or in the DLQ; nothing lost, nothing twice."""
         assert self.queued() == 0, f"{self.queued()} message(s) left; invocations: {self.invocations}"
-        assert ok | dlq == set(self.inputs), "lost objects"
+        assert ok | dlq | rejected == set(self.inputs), "lost objects"
         dlq_found = self.dlq_keys()
         assert set(dlq_found) == dlq and all(n == 1 for n in dlq_found.values()), dlq_found
         out = self.output()
         images = {k for k in out if not k.endswith(s3_flow.REPORT_SUFFIX)}
         reports = {k[: -len(s3_flow.REPORT_SUFFIX)] for k in out if k.endswith(s3_flow.REPORT_SUFFIX)}
-        assert images == reports == ok | (allow_both & images), (images, reports)
+        assert images == ok | (allow_both & images), images
+        assert reports == images | rejected, (images, reports)
         assert not (images & dlq) - allow_both, "published AND in the DLQ"
+        for key in rejected:
+            report = json.loads(out[key + s3_flow.REPORT_SUFFIX])
+            assert report["status"] == "failed" and report["error"] and report["message"], report
         bucket = self.local.names.output_bucket
         for key in images:
             assert out[key] == self.expected_image(key), f"{key}: not the anonymized image"
             head = self.s3.head_object(Bucket=bucket, Key=key)
             source_etag = hashlib.md5(self.inputs[key]).hexdigest()
             assert head["ContentType"] == "image/jpeg"
-            assert head["Metadata"]["anonymizer-source-etag"] == source_etag
+            assert source_etag not in json.dumps(head["Metadata"])  # the original's MD5 never travels along
             tags = {t["Key"]: t["Value"] for t in self.s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
             assert tags["anonymizer-status"] == "ok" and tags["anonymizer-model"].startswith("face=")
             report = json.loads(out[key + s3_flow.REPORT_SUFFIX])
             assert report["status"] == "ok" and report["source"]["key"] == key
-            assert report["source"]["etag"] == source_etag and report["output"]["size"] == len(out[key])
+            assert source_etag not in out[key + s3_flow.REPORT_SUFFIX].decode()
+            assert report["output"]["size"] == len(out[key])
             assert str(report["counts"]["face"]) == head["Metadata"]["anonymizer-faces"]
         # every PUT the function attempted: one distinct body per key, never an original
         originals = {hashlib.md5(b).hexdigest() for b in self.inputs.values()}
@@ -443,7 +456,9 @@ def test_transient_write_faults_are_retried_and_never_leave_a_partial_result(rig
 # -- permanent faults -----------------------------------------------------------------------------
 
 
-def test_permanent_faults_end_in_the_dlq_with_nothing_published(rig, make_image):
+def test_persistent_faults_end_in_the_dlq_and_bad_images_are_refused_once(rig, make_image):
+    """S3 faults that never clear are retried 3 times, then the DLQ; a corrupt image is refused on
+    its first try (a failure report, no retry, no DLQ trip: retrying cannot fix it)."""
     rig.fault("call", "s3.GetObject", "perm/get-500.jpg", client_error("InternalError", 500, "GetObject"), times=None)
     rig.fault("call", "s3.PutObject", "perm/image-put.jpg", client_error("SlowDown", 503, "PutObject"), times=None)
     rig.fault(
@@ -466,11 +481,14 @@ def test_permanent_faults_end_in_the_dlq_with_nothing_published(rig, make_image)
 
     rig.run()
 
-    failed = {"perm/get-500.jpg", "perm/image-put.jpg", "perm/report-put.jpg", "perm/corrupt.jpg"}
-    rig.assert_settled(ok={"perm/good.jpg"}, dlq=failed)
+    failed = {"perm/get-500.jpg", "perm/image-put.jpg", "perm/report-put.jpg"}
+    rig.assert_settled(ok={"perm/good.jpg"}, dlq=failed, rejected={"perm/corrupt.jpg"})
     assert all(rig.state.attempts[k] == 3 for k in failed)  # maxReceiveCount
+    assert rig.state.attempts["perm/corrupt.jpg"] == 1  # refused for good on the first try
     assert rig.image_puts("perm/report-put.jpg") == 0  # never the image without its report
-    # the only write for a failed object: the "why" tags on the (untouched) input object
+    assert rig.image_puts("perm/corrupt.jpg") == 0
+    # the input object is untouched but for the "why" tags (codes only; the message is in the report)
+    failed.add("perm/corrupt.jpg")
     s3 = rig.s3
     tags = {
         t["Key"]: t["Value"]
@@ -687,5 +705,7 @@ def test_small_load_run_loses_and_duplicates_nothing():
     )
     assert result["ok"], load_run.format_result(result)
     assert result["lost"] == 0 and result["duplicated"] == 0 and result["in_both"] == 0
-    assert result["out"] == result["valid"] == 38 and result["failed"] == result["corrupt"] == 2
+    # corrupt objects are refused on their first try (failure report), never retried into the DLQ
+    assert result["out"] == result["valid"] == 38 and result["rejected"] == result["corrupt"] == 2
+    assert result["failed"] == 0
     assert sum(result["faults_fired"].values()) >= 5

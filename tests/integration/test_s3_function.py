@@ -104,7 +104,9 @@ def test_duplicate_event_is_processed_exactly_once(local, load_fn, engine, astro
     assert len(items) == 1 and items[0]["status"]["S"] == "COMPLETED"
 
 
-def test_corrupt_object_fails_only_its_record(local, load_fn, engine, astronaut_jpeg):
+def test_corrupt_objects_are_refused_once_with_a_failure_report(local, load_fn, engine, astronaut_jpeg):
+    """Regression: a permanent failure (not an image) failed its record, was retried 3 times and
+    ended in the DLQ; now it is refused on its first try: one failure report, code-only tags."""
     fn = load_fn("s3_anonymize")
     s3 = local.client("s3")
     bucket = local.names.input_bucket
@@ -113,29 +115,48 @@ def test_corrupt_object_fails_only_its_record(local, load_fn, engine, astronaut_
     s3.put_object(Bucket=bucket, Key="text.jpg", Body=b"hello, I am not a picture")
     messages = receive_all(local)
     assert len(messages) == 3
-    key_of = {m["MessageId"]: json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in messages}
 
     response = fn.lambda_handler(sqs_event(messages, local.resources["queue_arn"]), FakeLambdaContext())
-    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-    assert {key_of[i] for i in failed} == {"truncated.jpg", "text.jpg"}
-    assert output_keys(local) == ["good.jpg", "good.jpg.report.json"]  # nothing for the failed ones
-    assert tags_of(local, bucket, "truncated.jpg") == {
-        "anonymizer-status": "failed",
-        "anonymizer-error": "invalid_image",
-        "anonymizer-message": tags_of(local, bucket, "truncated.jpg")["anonymizer-message"],
-    }
+    assert response == {"batchItemFailures": []}  # nothing to retry
+    assert output_keys(local) == [  # no image for the refused ones, only their failure report
+        "good.jpg",
+        "good.jpg.report.json",
+        "text.jpg.report.json",
+        "truncated.jpg.report.json",
+    ]
+    for key in ("truncated.jpg", "text.jpg"):
+        assert tags_of(local, bucket, key) == {"anonymizer-status": "failed", "anonymizer-error": "invalid_image"}
+        report = json.loads(s3.get_object(Bucket=local.names.output_bucket, Key=key + ".report.json")["Body"].read())
+        assert report["status"] == "failed" and report["error"] == "invalid_image" and report["message"]
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # the input is left as it was
 
 
-def test_failing_object_ends_in_the_dlq_and_is_never_published(local, load_fn, engine):
+def test_permanent_failure_never_reaches_the_dlq_transient_one_does(local, load_fn, engine, monkeypatch):
     fn = load_fn("s3_anonymize")
     sqs = local.client("sqs")
     sqs.set_queue_attributes(QueueUrl=local.resources["queue_url"], Attributes={"VisibilityTimeout": "0"})
     local.client("s3").put_object(Bucket=local.names.input_bucket, Key="bad.png", Body=b"\x89PNG\r\n\x1a\nnope")
+    runs = local.pump(fn.lambda_handler)
+    assert sum(len(r["response"]["batchItemFailures"]) for r in runs) == 0 and engine.calls["anonymize"] == 1
+    assert sqs.receive_message(QueueUrl=local.resources["dlq_url"]).get("Messages", []) == []
+    assert output_keys(local) == ["bad.png.report.json"]
+
+    # a fault that retrying might fix (S3 refuses every write): 3 tries, then the DLQ, nothing published
+    from botocore.exceptions import ClientError
+
+    def refuse(**kwargs):
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "injected"}}, "PutObject")
+
+    monkeypatch.setattr(fn.storage.client, "put_object", refuse)
+    local.client("s3").put_object(Bucket=local.names.input_bucket, Key="later.png", Body=PNG_1PX)
     runs = local.pump(fn.lambda_handler)  # redelivered until maxReceiveCount (3), then the DLQ
     assert sum(len(r["response"]["batchItemFailures"]) for r in runs) == 3
     dlq = sqs.receive_message(QueueUrl=local.resources["dlq_url"], MaxNumberOfMessages=10).get("Messages", [])
-    assert [json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in dlq] == ["bad.png"]
-    assert output_keys(local) == []
+    assert [json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in dlq] == ["later.png"]
+    assert output_keys(local) == ["bad.png.report.json"]
+
+
+PNG_1PX = cv2.imencode(".png", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
 
 
 def test_object_over_max_bytes_is_rejected_before_download(local, load_fn, engine, astronaut_jpeg, monkeypatch):
@@ -145,21 +166,27 @@ def test_object_over_max_bytes_is_rejected_before_download(local, load_fn, engin
     monkeypatch.setattr(fn.storage.client, "get_object", lambda **kw: downloads.append(kw) or real_get(**kw))
     s3 = local.client("s3")
     s3.put_object(Bucket=local.names.input_bucket, Key="big.jpg", Body=astronaut_jpeg)
-    (message,) = receive_all(local)
+    s3.put_object(Bucket=local.names.input_bucket, Key="big2.jpg", Body=astronaut_jpeg + b"\0")
+    first, second = sorted(receive_all(local), key=lambda m: m["Body"])
 
-    # 1. the event's size is over the limit: rejected without a request to S3
-    response = fn.lambda_handler(sqs_event([message], local.resources["queue_arn"]), FakeLambdaContext())
-    assert response == {"batchItemFailures": [{"itemIdentifier": message["MessageId"]}]}
+    # 1. the event's size is over the limit: refused without a request to S3, and not retried
+    response = fn.lambda_handler(sqs_event([first], local.resources["queue_arn"]), FakeLambdaContext())
+    assert response == {"batchItemFailures": []}
     # 2. an event that understates the size: HEAD finds out, still no download
-    body = json.loads(message["Body"])
+    body = json.loads(second["Body"])
     body["Records"][0]["s3"]["object"]["size"] = 10
-    lying = dict(message, MessageId="m-lying", Body=json.dumps(body))
+    lying = dict(second, MessageId="m-lying", Body=json.dumps(body))
     response = fn.lambda_handler(sqs_event([lying], local.resources["queue_arn"]), FakeLambdaContext())
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m-lying"}]}
+    assert response == {"batchItemFailures": []}
 
-    assert downloads == [] and engine.calls["anonymize"] == 0
-    assert output_keys(local) == []
-    assert tags_of(local, local.names.input_bucket, "big.jpg")["anonymizer-error"] == "image_too_large"
+    assert [d["Key"] for d in downloads if d["Bucket"] == local.names.input_bucket] == []
+    assert engine.calls["anonymize"] == 0
+    assert output_keys(local) == ["big.jpg.report.json", "big2.jpg.report.json"]
+    for key in ("big.jpg", "big2.jpg"):
+        assert tags_of(local, local.names.input_bucket, key)["anonymizer-error"] == "image_too_large"
+        report = json.loads(s3.get_object(Bucket=local.names.output_bucket, Key=key + ".report.json")["Body"].read())
+        # regression: the message used to come back garbled from a tag ("bytes_ the limit is")
+        assert f"; the limit is {len(astronaut_jpeg) - 1} bytes (MAX_OBJECT_BYTES)" in report["message"]
 
 
 KEYS = ["../x.jpg", "%2e%2e/x.jpg", "ünïcödé/фото.jpg", "a b+c/./d.jpg", "//double//slash.jpg"]

@@ -144,25 +144,40 @@ def test_s3_duplicate_event_runs_the_pipeline_once(env, fake, s3_handler):
     assert output_keys(s3) == ["dup.jpg", "dup.jpg.report.json"]
 
 
-def test_s3_partial_batch_failure(env, fake, s3_handler, capsys):
+def test_s3_permanent_failure_is_recorded_once_and_not_retried(env, fake, s3_handler, capsys):
+    """Regression: "not an image" was retried three times and ended in the DLQ."""
     s3 = env
     good = sqs_message(s3, "good.jpg", make_jpeg(), "m-good")
     bad = sqs_message(s3, "bad.jpg", b"this is not an image", "m-bad")
     response = s3_handler({"Records": [good, bad]}, FakeLambdaContext())
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
-    assert output_keys(s3) == ["good.jpg", "good.jpg.report.json"]
+    assert response == {"batchItemFailures": []}  # the record succeeds: SQS deletes it, no DLQ trip
+    assert output_keys(s3) == ["bad.jpg.report.json", "good.jpg", "good.jpg.report.json"]
+    report = json.loads(s3.get_object(Bucket=NAMES.output_bucket, Key="bad.jpg.report.json")["Body"].read())
+    assert report["status"] == "failed" and report["error"] == "invalid_image" and report["message"]
     out = capsys.readouterr().out
-    assert '"Failures"' in out and '"ObjectsProcessed"' in out  # EMF metrics
+    assert '"ObjectsRejected"' in out and '"ObjectsProcessed"' in out  # EMF metrics
     assert "this is not an image" not in out  # object contents are never logged
-    # a failed object is retried (not remembered as done by idempotency)
-    response = s3_handler({"Records": [bad]}, FakeLambdaContext())
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
-    assert len(fake.calls) == 3
+    # a redelivery (SQS is at-least-once) finds the recorded outcome: no second run, no second report
+    assert s3_handler({"Records": [bad]}, FakeLambdaContext()) == {"batchItemFailures": []}
+    assert len(fake.calls) == 2
 
 
-def test_s3_whole_batch_failure_still_reports_items(env, fake, s3_handler):
-    bad = sqs_message(env, "bad.jpg", b"nope", "m-bad")
-    assert s3_handler({"Records": [bad]}, FakeLambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "m-bad"}]}
+def test_s3_transient_failure_fails_its_record_and_is_retried(env, s3_handler, capsys):
+    previous = aws.set_anonymizer(FakeAnonymizer(fail_with=RuntimeError("onnxruntime crashed")))
+    try:
+        record = sqs_message(env, "t.jpg", make_jpeg(), "m-t")
+        assert s3_handler({"Records": [record]}, FakeLambdaContext()) == {
+            "batchItemFailures": [{"itemIdentifier": "m-t"}]
+        }
+        # not remembered as done by idempotency: the retry runs the pipeline again
+        assert s3_handler({"Records": [record]}, FakeLambdaContext()) == {
+            "batchItemFailures": [{"itemIdentifier": "m-t"}]
+        }
+        assert len(aws.get_anonymizer().calls) == 2
+    finally:
+        aws.set_anonymizer(previous)
+    assert output_keys(env) == []
+    assert '"Failures"' in capsys.readouterr().out
 
 
 def test_s3_malformed_message_fails_its_record(env, fake, s3_handler):
@@ -280,19 +295,47 @@ def test_api_openapi(env, fake, api_handler):
     response = api_handler(api_event("GET", "/openapi.json"), FakeLambdaContext())
     doc = json.loads(response["body"])
     assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/anonymize", "/uploads", "/results/{id}", "/openapi.json"}
+    assert {"/anonymize", "/uploads", "/results/{id}", "/openapi.json"} <= set(doc["paths"])
     names = {p["name"] for p in doc["paths"]["/anonymize"]["post"]["parameters"]}
     assert {"format", "effect", "face.effect", "targets"} <= names
+    # regression: the key header was not documented
+    assert doc["components"]["securitySchemes"]["ApiKey"] == {
+        **doc["components"]["securitySchemes"]["ApiKey"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+    }
+    assert doc["security"] == [{"ApiKey": []}]
+
+
+def test_api_logo_is_neither_advertised_nor_accepted(env, fake, api_handler):
+    """Regression: effect=logo was in the OpenAPI enum, yet no request could send a logo (400)."""
+    doc = json.loads(api_handler(api_event("GET", "/openapi.json"), FakeLambdaContext())["body"])
+    for path in ("/anonymize", "/uploads"):
+        for param in doc["paths"][path]["post"]["parameters"]:
+            assert "logo" not in param["schema"].get("enum", []), (path, param["name"])
+    for query in ({"effect": ["logo"]}, {"plate.effect": ["LOGO"]}):
+        for route in ("/anonymize", "/uploads"):
+            body = make_jpeg() if route == "/anonymize" else None
+            response = api_handler(api_event("POST", route, query=query, body=body), FakeLambdaContext())
+            body = json.loads(response["body"])
+            assert response["statusCode"] == 400 and body["error"] == "invalid_options"
+            assert "only the CLI and the library" in body["message"] and "pixelate" in body["message"]
+    assert fake.calls == []
 
 
 def test_api_sample_uploads_and_results_events(env, fake, api_handler):
     response = api_handler(load_event("api_uploads.json"), FakeLambdaContext())
     assert response["statusCode"] == 201
     body = json.loads(response["body"])
-    assert body["upload"]["headers"] == {
-        "x-amz-meta-anonymize-face-effect": "pixelate",
-        "x-amz-meta-anonymize-plate-effect": "fill",
-    }
+    assert body["upload"]["method"] == "POST" and body["upload"]["file_field"] == "file"
+    fields = body["upload"]["fields"]
+    assert fields["x-amz-meta-anonymize-face-effect"] == "pixelate"
+    assert fields["x-amz-meta-anonymize-plate-effect"] == "fill"
+    assert fields["x-amz-meta-anonymizer-owner"] == api_flow.caller_digest(load_event("api_uploads.json"))
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["content-length-range", 1, 50 * 1024 * 1024] in policy["conditions"]
+    assert body["upload"]["max_bytes"] == 50 * 1024 * 1024
     assert body["result"]["url"] == f"https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/Prod/results/{body['id']}"
     assert f"/{NAMES.input_bucket}/uploads/{body['id']}" in body["upload"]["url"] or (
         f"{NAMES.input_bucket}.s3" in body["upload"]["url"]
@@ -301,6 +344,77 @@ def test_api_sample_uploads_and_results_events(env, fake, api_handler):
     assert response["statusCode"] == 404 and json.loads(response["body"])["error"] == "not_found"
     response = api_handler(api_event("GET", "/results/..%2F..%2Fsecret"), FakeLambdaContext())
     assert response["statusCode"] == 404
+
+
+def _as(event: dict, api_key_id: str | None = None, user_arn: str | None = None) -> dict:
+    identity = event["requestContext"]["identity"]
+    identity.pop("apiKeyId", None)
+    if api_key_id:
+        identity["apiKeyId"] = api_key_id
+    if user_arn:
+        identity["userArn"] = user_arn
+    return event
+
+
+def _upload(api_handler, s3, data: bytes, **caller) -> str:
+    """POST /uploads as ``caller``, then the form upload to the presigned URL (moto in-process)."""
+    import requests
+
+    response = api_handler(_as(api_event("POST", "/uploads"), **caller), FakeLambdaContext())
+    ticket = json.loads(response["body"])
+    sent = requests.post(ticket["upload"]["url"], data=ticket["upload"]["fields"], files={"file": ("x", data)})
+    assert sent.status_code in (200, 201, 204), sent.text
+    return ticket["id"]
+
+
+def _result(api_handler, upload_id: str, **caller) -> tuple[int, dict]:
+    response = api_handler(_as(api_event("GET", f"/results/{upload_id}"), **caller), FakeLambdaContext())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def _process_upload(s3, s3_handler, upload_id: str) -> None:
+    key = f"uploads/{upload_id}"
+    etag = s3.head_object(Bucket=NAMES.input_bucket, Key=key)["ETag"].strip('"')
+    record = sqs_message(s3, key)
+    inner = json.loads(record["body"])
+    inner["Records"][0]["s3"]["object"].update(eTag=etag, size=None)
+    del inner["Records"][0]["s3"]["object"]["size"]
+    record["body"] = json.dumps(inner)
+    assert s3_handler({"Records": [record]}, FakeLambdaContext()) == {"batchItemFailures": []}
+
+
+def test_api_results_are_bound_to_the_caller_that_uploaded(env, fake, api_handler, s3_handler):
+    """Regression: any API-key holder who knew an id could read the result."""
+    s3 = env
+    upload_id = _upload(api_handler, s3, make_jpeg(), api_key_id="key-a")
+    assert _result(api_handler, upload_id, api_key_id="key-a")[0] == 202
+    other = _result(api_handler, upload_id, api_key_id="key-b")
+    assert other == (404, other[1]) and other[1]["error"] == "not_found"
+    _process_upload(s3, s3_handler, upload_id)
+    status, body = _result(api_handler, upload_id, api_key_id="key-a")
+    assert status == 200 and body["status"] == "done" and body["image"]["url"]
+    for caller in ({"api_key_id": "key-b"}, {}, {"api_key_id": "key-a", "user_arn": "arn:aws:iam::1:user/x"}):
+        status, body = _result(api_handler, upload_id, **caller)
+        assert status == 404 and "url" not in json.dumps(body), caller  # same answer as an unknown id
+
+
+def test_api_iam_principal_wins_over_the_shared_api_key(env, fake, api_handler, s3_handler):
+    s3 = env
+    alice, bob = "arn:aws:iam::1:user/alice", "arn:aws:iam::1:user/bob"
+    upload_id = _upload(api_handler, s3, make_jpeg(), api_key_id="shared", user_arn=alice)
+    _process_upload(s3, s3_handler, upload_id)
+    assert _result(api_handler, upload_id, api_key_id="shared", user_arn=alice)[0] == 200
+    assert _result(api_handler, upload_id, api_key_id="shared", user_arn=bob)[0] == 404
+
+
+def test_api_failed_upload_says_why_with_the_whole_message(env, fake, api_handler, s3_handler):
+    s3 = env
+    upload_id = _upload(api_handler, s3, b"definitely: not; an image", api_key_id="key-a")
+    _process_upload(s3, s3_handler, upload_id)
+    status, body = _result(api_handler, upload_id, api_key_id="key-a")
+    assert status == 422 and body["error"] == "invalid_image"
+    assert body["message"] == "not an image (unrecognised header)"  # from the report, not a tag
+    assert _result(api_handler, upload_id, api_key_id="key-b")[0] == 404
 
 
 def test_api_uploads_validate_options_early(env, fake, api_handler):
@@ -352,14 +466,19 @@ def test_bad_input_corpus_through_the_s3_function(env, s3_handler, real_engine):
     records = [sqs_message(s3, f"corpus/{c.filename}", c.data, message_id=c.name) for c in cases]
     failures = {f["itemIdentifier"] for f in s3_handler({"Records": records}, FakeLambdaContext())["batchItemFailures"]}
     published = set(output_keys(s3))
+    assert not failures  # every corpus case is either published or refused for good: nothing to retry
     wrong = []
     for case in cases:
         key = f"corpus/{case.filename}"
         if case.expect == "ok":
-            if case.name in failures or key not in published:
+            if key not in published:
                 wrong.append((case.name, "not published"))
             elif imageio.metadata_markers(s3.get_object(Bucket=NAMES.output_bucket, Key=key)["Body"].read()):
                 wrong.append((case.name, "metadata"))
-        elif case.name not in failures or key in published:
-            wrong.append((case.name, "published or not failed"))
+        elif key in published:
+            wrong.append((case.name, "published"))
+        else:
+            report = json.loads(s3.get_object(Bucket=NAMES.output_bucket, Key=key + ".report.json")["Body"].read())
+            if report["status"] != "failed" or not report["message"]:
+                wrong.append((case.name, "no failure report"))
     assert not wrong, wrong

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "LOCAL_ONLY_EFFECTS",
     "get_anonymizer",
     "report_counts",
     "report_models",
@@ -98,8 +99,14 @@ def report_models(report: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+# Effects that the API and the S3 flow neither offer nor accept: ``logo`` needs a PNG, which only
+# the CLI and the library take (``--logo``); a request could name the effect but never send one.
+LOCAL_ONLY_EFFECTS = frozenset({"logo"})
+
+
 def request_option_values(values: Mapping[str, str] | None, source: str = "request") -> dict[str, str]:
-    """A request's flat option map with deployment-only keys refused (InvalidOptionsError).
+    """A request's flat option map with deployment-only keys and local-only effects (``logo``)
+    refused (InvalidOptionsError).
 
     Which keys only the deployment may set (ANONYMIZER_* environment) is the option table's
     ``deployment_only`` column: the pixel budget protects the function's memory.
@@ -113,5 +120,10 @@ def request_option_values(values: Mapping[str, str] | None, source: str = "reque
         spec = SPECS.get(norm.rpartition(".")[2])
         if spec is not None and spec.deployment_only:
             raise InvalidOptionsError(f"{key} cannot be set by the {source}; the deployment sets it ({env_name(norm)})")
+        if norm.rpartition(".")[2] == "effect" and str(value).strip().lower() in LOCAL_ONLY_EFFECTS:
+            raise InvalidOptionsError(
+                f"{key}={str(value).strip()}: the {source} cannot use the logo effect (it needs a PNG, which only "
+                "the CLI and the library take: --logo); use blur, pixelate, fill or deform"
+            )
         out[norm] = str(value)
     return out

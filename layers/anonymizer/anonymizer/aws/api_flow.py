@@ -6,10 +6,13 @@ Routes (the handler only wires them to these functions):
   anonymized image (binary, base64 in the proxy response) or, with ``?format=json``, the
   detections report. Requests and responses are capped by Lambda's 6 MB synchronous payload
   limit: larger ones get ``413 payload_too_large`` telling the client to use ``POST /uploads``.
-* ``POST /uploads`` — a presigned PUT URL into ``UPLOAD_BUCKET/UPLOAD_PREFIX<id>``; options
-  travel as signed ``x-amz-meta-anonymize-*`` headers and the S3 flow reads them.
+* ``POST /uploads`` — a presigned POST (form upload) into ``UPLOAD_BUCKET/UPLOAD_PREFIX<id>``
+  whose policy holds the file to ``MAX_OBJECT_BYTES`` (S3 refuses a bigger one at upload time);
+  options travel as signed ``x-amz-meta-anonymize-*`` form fields and the S3 flow reads them,
+  and so does the caller's digest (``x-amz-meta-anonymizer-owner``, see :func:`caller_digest`).
 * ``GET /results/{id}`` — 202 while processing, 200 with a presigned GET URL and the report
-  when done, 422 when the image could not be anonymized, 404 for an unknown id.
+  when done, 422 when the image could not be anonymized, 404 for an unknown id AND for an id
+  that another caller uploaded (ids are not capabilities: results are bound to the uploader).
 * ``GET /openapi.json`` — :func:`openapi_document`.
 
 Errors are JSON ``{"error": code, "message": ...}`` with the error's ``http_status``.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -41,9 +46,9 @@ from ..errors import (
 )
 from ..imageio import CONTENT_TYPES
 from ..options import OUTPUT_FORMATS, TARGETS, Options, describe, openapi_parameters, options_from_env, parse_options
-from . import report_counts, request_option_values
+from . import LOCAL_ONLY_EFFECTS, report_counts, request_option_values
 from .s3_flow import REPORT_SUFFIX
-from .storage import DEFAULT_MAX_OBJECT_BYTES, S3Storage, option_metadata
+from .storage import DEFAULT_MAX_OBJECT_BYTES, OWNER_METADATA, S3Storage, option_metadata
 
 # Lambda's synchronous invocation payload limit (request and response, each, as sent: base64).
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
@@ -159,6 +164,29 @@ def query_values(event: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()}
 
 
+def caller_principal(event: Mapping[str, Any]) -> str:
+    """Who is calling, as API Gateway vouches for it: the IAM principal (``AWS_IAM`` auth), the
+    token's subject (a JWT/Cognito authorizer), else the API key's id; ``anonymous`` when none
+    (the local server, a deployment without auth)."""
+    ctx = event.get("requestContext") or {}
+    identity = ctx.get("identity") or {}
+    authorizer = ctx.get("authorizer") or {}
+    claims = authorizer.get("claims") or (authorizer.get("jwt") or {}).get("claims") or {}
+    if identity.get("userArn"):
+        return "iam:" + str(identity["userArn"])
+    if claims.get("sub"):
+        return f"jwt:{claims.get('iss', '')}:{claims['sub']}"
+    if identity.get("apiKeyId"):
+        return "key:" + str(identity["apiKeyId"])
+    return "anonymous"
+
+
+def caller_digest(event: Mapping[str, Any]) -> str:
+    """The caller as stored with an upload: a digest, so object metadata and reports name no key
+    id or ARN, yet the same caller always gets the same value."""
+    return hashlib.sha256(caller_principal(event).encode("utf-8")).hexdigest()[:32]
+
+
 def request_options(values: Mapping[str, str], defaults: Options) -> tuple[Options, bool]:
     """Options from the query string; ``format=json`` asks for the report instead of the image."""
     values = dict(values)
@@ -214,11 +242,13 @@ def _summary(report: Mapping[str, Any], latency_ms: float) -> dict[str, Any]:
 
 
 def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiConfig) -> Response:
-    """POST /uploads: a presigned PUT for one image of up to MAX_OBJECT_BYTES.
+    """POST /uploads: a presigned POST for one image of 1..MAX_OBJECT_BYTES bytes.
 
     Options come from the query string and/or a JSON body ``{"options": {...}}``; they are
-    validated now (400 on error) and signed into the URL as ``x-amz-meta-anonymize-*``
-    headers that the client must send with its PUT.
+    validated now (400 on error) and signed into the POST policy as ``x-amz-meta-anonymize-*``
+    form fields, with the caller's digest (``x-amz-meta-anonymizer-owner``): the client sends
+    ``upload.fields`` as they are, then the file as the form's last field, ``file``
+    (``curl -F key=... -F ... -F file=@big.jpg URL``).
     """
     if not config.upload_bucket:
         raise NotFoundError("uploads are not enabled on this deployment (UPLOAD_BUCKET is not set)")
@@ -238,16 +268,18 @@ def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiCo
 
     upload_id = uuid.uuid4().hex
     key = config.upload_prefix + upload_id
-    url, headers = storage.presign_put(
-        config.upload_bucket, key, expires=config.url_expires, metadata=option_metadata(checked)
+    metadata = {**option_metadata(checked), OWNER_METADATA: caller_digest(event)}
+    url, fields = storage.presign_post(
+        config.upload_bucket, key, max_bytes=config.max_object_bytes, expires=config.url_expires, metadata=metadata
     )
     result_path = f"/results/{upload_id}"
     body = {
         "id": upload_id,
         "upload": {
-            "method": "PUT",
+            "method": "POST",
             "url": url,
-            "headers": headers,
+            "fields": fields,
+            "file_field": "file",
             "expires_in": config.url_expires,
             "max_bytes": config.max_object_bytes,
         },
@@ -256,45 +288,65 @@ def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiCo
     return json_response(201, body, headers={"Location": _base_url(event) + result_path})
 
 
-def get_result(upload_id: str, *, storage: S3Storage, config: ApiConfig) -> Response:
-    """GET /results/{id}: done (200, presigned GET + report), processing (202), failed (422)."""
+def get_result(event: Mapping[str, Any], upload_id: str, *, storage: S3Storage, config: ApiConfig) -> Response:
+    """GET /results/{id}: done (200, presigned GET + report), processing (202), failed (422).
+
+    Only for the caller who uploaded: everybody else gets the same 404 as for an unknown id, so
+    an id seen in a log or a URL reveals nothing. The uploader is read from the report (written
+    by the S3 flow from the signed upload metadata) or, before there is one, from the upload.
+    """
     if not _UPLOAD_ID.fullmatch(upload_id or "") or not config.upload_bucket:
         raise NotFoundError(f"unknown upload id {upload_id!r}")
+    unknown = NotFoundError(f"no upload with id {upload_id} for this caller (not uploaded yet, or expired)")
+    caller = caller_digest(event)
     key = config.upload_prefix + upload_id
-    out = storage.head(config.output_bucket, key)
-    if out is not None:
-        report = storage.read_json(config.output_bucket, key + REPORT_SUFFIX)
-        return json_response(
-            200,
-            {
-                "id": upload_id,
-                "status": "done",
-                "image": {
-                    "url": storage.presign_get(
-                        config.output_bucket, key, expires=config.url_expires, content_type=out.content_type
-                    ),
-                    "content_type": out.content_type,
-                    "size": out.size,
-                    "expires_in": config.url_expires,
+    report = storage.read_json(config.output_bucket, key + REPORT_SUFFIX)
+    if isinstance(report, dict):
+        if not hmac_equal(str(report.get("owner", "")), caller):
+            raise unknown
+        if report.get("status") == "failed":
+            return json_response(
+                422,
+                {
+                    "id": upload_id,
+                    "status": "failed",
+                    "error": report.get("error", "error"),
+                    "message": report.get("message", "the image could not be anonymized"),
                 },
-                "report": report,
-            },
-        )
+            )
+        out = storage.head(config.output_bucket, key)
+        if out is not None:
+            return json_response(
+                200,
+                {
+                    "id": upload_id,
+                    "status": "done",
+                    "image": {
+                        "url": storage.presign_get(
+                            config.output_bucket, key, expires=config.url_expires, content_type=out.content_type
+                        ),
+                        "content_type": out.content_type,
+                        "size": out.size,
+                        "expires_in": config.url_expires,
+                    },
+                    "report": report,
+                },
+            )
     src = storage.head(config.upload_bucket, key)
     if src is None:
-        raise NotFoundError(f"no upload with id {upload_id} (not uploaded yet, or expired)")
-    tags = storage.get_tags(config.upload_bucket, key)
-    if tags.get("anonymizer-status") == "failed":
-        return json_response(
-            422,
-            {
-                "id": upload_id,
-                "status": "failed",
-                "error": tags.get("anonymizer-error", "error"),
-                "message": tags.get("anonymizer-message", "the image could not be anonymized"),
-            },
+        raise unknown
+    if not hmac_equal(src.metadata.get(OWNER_METADATA, ""), caller):
+        raise unknown
+    if storage.get_tags(config.upload_bucket, key).get("anonymizer-status") == "failed":
+        return json_response(  # tagged, but its report could not be written
+            422, {"id": upload_id, "status": "failed", "error": "error", "message": "the image could not be anonymized"}
         )
     return json_response(202, {"id": upload_id, "status": "processing"}, headers={"Retry-After": "2"})
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    """Constant-time string comparison (owner digests)."""
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
 def _base_url(event: Mapping[str, Any]) -> str:
@@ -323,7 +375,7 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
 
     # Derived from the option table (every key, per-target spellings included) so it cannot drift;
     # format is declared below with its extra `json` value.
-    option_params = [p for p in openapi_parameters() if p["name"] != "format"]
+    option_params = [_remote_only(p) for p in openapi_parameters() if p["name"] != "format"]
     format_param = _param(
         "format",
         "Output format, or `json` for the detections report instead of the image.",
@@ -336,8 +388,11 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
             "version": __version__,
             "description": "Finds faces and licence plates and makes them unrecognisable. Per-target "
             "options use a prefix (`face.effect=pixelate`). Images over about 4.5 MB go through "
-            "`POST /uploads`.",
+            "`POST /uploads`. Every request sends the API key in the `x-api-key` header (deployments "
+            "with `ApiAuth=AWS_IAM` also sign requests with SigV4). The `logo` effect is not offered "
+            "here: it needs a PNG, which only the CLI and the library take (`--logo`).",
         },
+        "security": [{"ApiKey": []}],
         "paths": {
             "/anonymize": {
                 "post": {
@@ -385,7 +440,8 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                     },
                     "responses": {
                         "201": {
-                            "description": "PUT the image to upload.url with upload.headers, then poll result.url.",
+                            "description": "POST upload.fields then the image (form field `file`) to upload.url, "
+                            "then poll result.url.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Upload"}}},
                         },
                         "400": err("Invalid options."),
@@ -406,7 +462,7 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                             "description": "Still processing; retry.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Result"}}},
                         },
-                        "404": err("Unknown id, or not uploaded yet."),
+                        "404": err("Unknown id, not uploaded yet, or uploaded by another caller."),
                         "422": err("The image could not be anonymized."),
                     },
                 }
@@ -420,6 +476,15 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "ApiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The stack's API key: `aws apigateway get-api-key --api-key <ApiKeyId> "
+                    "--include-value`. Results are bound to the caller that uploaded.",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -433,11 +498,16 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                         "upload": {
                             "type": "object",
                             "properties": {
-                                "method": {"type": "string"},
+                                "method": {"type": "string", "enum": ["POST"]},
                                 "url": {"type": "string"},
-                                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "fields": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "description": "Form fields to send as they are, before the file.",
+                                },
+                                "file_field": {"type": "string", "description": "The file's form field (last)."},
                                 "expires_in": {"type": "integer"},
-                                "max_bytes": {"type": "integer"},
+                                "max_bytes": {"type": "integer", "description": "S3 refuses a larger file."},
                             },
                         },
                         "result": {
@@ -459,12 +529,21 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                         "report": {"type": "object"},
                     },
                 },
-            }
+            },
         },
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]
     return doc
+
+
+def _remote_only(param: dict) -> dict:
+    """An option's parameter without the effects the API does not offer (``logo``)."""
+    enum = param.get("schema", {}).get("enum")
+    if not enum or not LOCAL_ONLY_EFFECTS & set(enum):
+        return param
+    schema = {**param["schema"], "enum": [v for v in enum if v not in LOCAL_ONLY_EFFECTS]}
+    return {**param, "schema": schema}
 
 
 def _param(name: str, description: str, schema: dict) -> dict:
@@ -499,7 +578,7 @@ def _remote_option(option: dict[str, Any]) -> dict[str, Any]:
     """An option-table row without the effects the API does not offer (``logo``)."""
     if option.get("key") != "effect" or not option.get("choices"):
         return option
-    return {**option, "choices": [c for c in option["choices"] if c != "logo"]}
+    return {**option, "choices": [c for c in option["choices"] if c not in LOCAL_ONLY_EFFECTS]}
 
 
 def options_response(config: ApiConfig) -> Response:
@@ -518,7 +597,10 @@ def page_response(*, storage: S3Storage, config: ApiConfig) -> Response:
 
 
 def presigned_origins(storage: S3Storage, config: ApiConfig) -> list[str]:
-    """Scheme and host of the presigned upload and result URLs (signed locally; no request is made)."""
+    """Scheme and host of the presigned POST and GET URLs (signed locally; no request is made)."""
     key = config.upload_prefix + "0" * 32
-    urls = [storage.presign_get(bucket, key, expires=60) for bucket in (config.upload_bucket, config.output_bucket)]
+    urls = [
+        storage.presign_post(config.upload_bucket, key, max_bytes=1, expires=60)[0],
+        storage.presign_get(config.output_bucket, key, expires=60),
+    ]
     return sorted({f"{part.scheme}://{part.netloc}" for part in map(urlsplit, urls)})
