@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badinput import make_gif
 
 from anonymizer import imageio
-from anonymizer.aws import get_anonymizer
+from anonymizer.aws import api_flow, get_anonymizer
 from anonymizer.options import parse_options
 from anonymizer_local.server import LocalApi
 
@@ -139,15 +140,24 @@ def test_a_real_photo_is_anonymized_downloaded_and_a_bad_file_fails_beside_it(
     photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
     bad = tmp_path / "holiday-notes.jpg"
     bad.write_bytes(b"these are notes, not a JPEG\n" * 20)
+    animated = tmp_path / "blink.gif"
+    animated.write_bytes(make_gif(4, 3, frames=2))
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as f:  # sparse: the page refuses it by its size before reading a byte
+        f.truncate(api_flow.options_document(api_flow.ApiConfig.from_env({}))["limits"]["upload_bytes"] + 2**20)
     open_page(driver, server)
     driver.find_element("css selector", "#opt-face-effect option[value=pixelate]").click()
-    driver.find_element("id", "file-input").send_keys(f"{photo}\n{bad}")
+    driver.find_element("id", "file-input").send_keys("\n".join(map(str, (photo, bad, animated, huge))))
 
-    error = wait_for(
-        lambda: (n := item_named(driver, bad.name)) and n.find_element("css selector", "[data-role=error]").text,
-        "the bad file's error",
-    )
-    assert re.fullmatch(r"Not an image: \w.+", error), error  # the server's reason, in words
+    def error_of(path: Path) -> str:
+        node = item_named(driver, path.name)
+        return node.find_element("css selector", "[data-role=error]").text if node else ""
+
+    failing = (bad, animated, huge)
+    errors = wait_for(lambda: all(map(error_of, failing)) and [error_of(path) for path in failing], "the errors")
+    assert re.fullmatch(r"Not an image: \w.+", errors[0]), errors  # the server's reason, in words
+    assert re.fullmatch(r"Not supported: .*animat.+", errors[1]), errors
+    assert re.fullmatch(r"Too big: 51\.0 MB; the largest accepted is 50\.0 MB", errors[2]), errors
     item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
     slider = wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the before/after slider")[0]
     stats = item.find_element("css selector", ".stats").text
@@ -163,7 +173,9 @@ def test_a_real_photo_is_anonymized_downloaded_and_a_bad_file_fails_beside_it(
     wait_for(lambda: item.find_elements("css selector", ".boxes:not([hidden]) div.face"), "the face outline")
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    driver.set_window_size(1280, 1420)  # the README's picture: settings, the photo, the bad file
+    # the README's picture: the whole page (settings, the photo, the files that failed)
+    chrome = driver.execute_script("return window.outerHeight - window.innerHeight")
+    driver.set_window_size(1280, driver.execute_script("return document.documentElement.scrollHeight") + chrome)
     driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
     driver.save_screenshot(str(SCREENSHOT))
     driver.set_window_size(1280, 1000)
@@ -185,7 +197,7 @@ def test_a_real_photo_is_anonymized_downloaded_and_a_bad_file_fails_beside_it(
         assert face > 5 and face > 4 * rest, f"face region barely changed: mean |diff| {face:.1f}, elsewhere {rest:.1f}"
     again = get_anonymizer().detect(out, parse_options({"targets": "face"}))
     assert again["counts"]["face"] == 0, again["detections"]
-    assert driver.find_element("id", "summary").text.startswith("1 done, 1 failed")
+    assert driver.find_element("id", "summary").text.startswith("1 done, 3 failed")
 
     # "download all": one zip of the batch's successes, built in the page
     driver.find_element("id", "download-all").click()
