@@ -73,24 +73,6 @@ def corrupt(data: bytes, rng: random.Random) -> bytes:
     return b"\xff\xd8\xff\xe0" + bytes(rng.randrange(256) for _ in range(200))
 
 
-def capture_events(aws) -> str:
-    sqs, eb = aws.client("sqs"), aws.client("events")
-    url = sqs.create_queue(QueueName="completion-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    eb.put_rule(Name="completion", EventPattern=json.dumps({"source": ["anonymizer"]}), State="ENABLED")
-    eb.put_targets(Rule="completion", Targets=[{"Id": "q", "Arn": arn}])
-    return url
-
-
-def drain(aws, url: str) -> list[dict]:
-    sqs, out = aws.client("sqs"), []
-    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        out += [json.loads(m["Body"]) for m in got]
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-        sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-    return out
-
-
 def output_images(s3, bucket: str, prefix: str) -> list[str]:
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -139,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import anonymizer.aws as aws_pkg
     from anonymizer_local import backfill
     from anonymizer_local.emulator import LocalAws, load_function
+    from anonymizer_local.event_capture import capture_events, drain
 
     rng = random.Random(args.seed)
     checks: list[tuple[str, bool]] = []

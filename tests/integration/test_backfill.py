@@ -16,6 +16,7 @@ from botocore.stub import Stubber
 
 from anonymizer_local import backfill, backfill_cli
 from anonymizer_local.emulator import FakeLambdaContext
+from anonymizer_local.event_capture import capture_events, drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -43,25 +44,6 @@ def invocation(bucket: str, *keys: str) -> dict:
             for i, k in enumerate(keys)
         ],
     }
-
-
-def capture_events(local) -> str:
-    sqs, eb = local.client("sqs"), local.client("events")
-    url = sqs.create_queue(QueueName="it-backfill-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    eb.put_rule(Name="completion", EventPattern=json.dumps({"source": ["anonymizer"]}), State="ENABLED")
-    eb.put_targets(Rule="completion", Targets=[{"Id": "q", "Arn": arn}])
-    return url
-
-
-def drain(local, url: str) -> list[dict]:
-    sqs, out = local.client("sqs"), []
-    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        out += [json.loads(m["Body"]) for m in got]
-        sqs.delete_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-        )
-    return out
 
 
 def output_images(local) -> list[str]:

@@ -9,34 +9,13 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from anonymizer_local.event_capture import capture_events, drain
+
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
 jsonschema = pytest.importorskip("jsonschema")
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events" / "object-event.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
-
-
-def capture_events(local, source: str = "anonymizer", name: str = "it-object-events") -> str:
-    """A rule on the default bus sending every ``source`` event to a new queue; its URL."""
-    sqs, eb = local.client("sqs"), local.client("events")
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    eb.put_rule(Name=f"{name}-rule", EventPattern=json.dumps({"source": [source]}), State="ENABLED")
-    eb.put_targets(Rule=f"{name}-rule", Targets=[{"Id": "queue", "Arn": arn}])
-    return url
-
-
-def drain(local, url: str) -> list[dict]:
-    sqs = local.client("sqs")
-    out = []
-    while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-        if not got:
-            return out
-        out += [json.loads(m["Body"]) for m in got]
-        sqs.delete_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
-        )
 
 
 def output_images(local) -> list[str]:
