@@ -356,6 +356,53 @@ def make_heif(img: np.ndarray, fmt: str, orientation: int = 1, icc: bytes | None
     return out.getvalue()
 
 
+def s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def icc_profile(name: str, primaries: list[tuple[float, float, float]], trc: bytes) -> bytes:
+    """A v2 matrix/TRC display profile (D50 primaries), written byte by byte."""
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(name) + 1) + name.encode() + b"\0" + b"\0" * 79
+    xyz = [b"XYZ " + b"\0" * 4 + b"".join(s15(v) for v in p) for p in primaries]
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", b"XYZ " + b"\0" * 4 + s15(0.9642) + s15(1.0) + s15(0.8249)),
+        (b"rXYZ", xyz[0]),
+        (b"gXYZ", xyz[1]),
+        (b"bXYZ", xyz[2]),
+        (b"rTRC", trc),
+        (b"gTRC", trc),
+        (b"bTRC", trc),
+    ]
+    body, table = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+    header += b"\0" * (68 - len(header)) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    header += b"\0" * (128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+SRGB_CURVE = (
+    b"para"
+    + b"\0" * 4
+    + struct.pack(">HH", 3, 0)
+    + b"".join(s15(v) for v in (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045))
+)
+DISPLAY_P3 = icc_profile(
+    "Display P3", [(0.515106, 0.241196, -0.001053), (0.291977, 0.692245, 0.041885), (0.157104, 0.066574, 0.784073)],
+    SRGB_CURVE,
+)  # fmt: skip
+ADOBE_RGB = icc_profile(
+    "Adobe RGB (1998)", [(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)],
+    b"curv" + b"\0" * 4 + struct.pack(">IH", 1, 563) + b"\0\0",  # gamma 563/256 = 2.2
+)  # fmt: skip
+
+
 def bomb_heic(size: int = 50_000) -> bytes:
     """A real small HEIC whose primary image claims ``size`` x ``size`` in its ``ispe`` box."""
     data = bytearray(make_heif(asymmetric(), "heic"))

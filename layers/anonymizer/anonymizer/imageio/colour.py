@@ -27,8 +27,7 @@ _SRGB_TO_XYZ_D50 = np.array(
         [0.0139322, 0.0971045, 0.7141733],
     ]
 )
-_ENCODE_STEPS = 4096  # linear light is quantized to this many levels before the sRGB curve
-_STRIP_ROWS = 512  # rows converted at a time: bounded float32 memory on big photos
+_STRIP_ROWS = 256  # rows converted at a time: bounded float32 memory, and the strip stays in cache
 
 
 class _Unusable(Exception):
@@ -101,8 +100,8 @@ def _xyz(tag: bytes) -> list[float]:
 
 
 @lru_cache(maxsize=16)
-def _conversion(profile: bytes) -> tuple[list[np.ndarray], np.ndarray, str] | None:
-    """(per-channel linearising LUTs in BGR order, 3x3 BGR matrix to linear sRGB, name), or None."""
+def _conversion(profile: bytes) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(1x256x3 float32 linearising LUT in BGR order, 3x3 BGR matrix to linear sRGB, name), or None."""
     try:
         if profile[16:20] != b"RGB ":
             return None
@@ -118,17 +117,31 @@ def _conversion(profile: bytes) -> tuple[list[np.ndarray], np.ndarray, str] | No
     if not np.all(np.isfinite(rgb_to_srgb)) or not all(np.all(np.isfinite(c)) for c in curves):
         return None
     flip = np.eye(3)[::-1]  # RGB <-> BGR
-    luts = [c.astype(np.float32) for c in reversed(curves)]
-    return luts, (flip @ rgb_to_srgb @ flip).astype(np.float32), name or "unnamed ICC profile"
+    lut = np.dstack([c.reshape(1, 256) for c in reversed(curves)]).astype(np.float32)
+    return lut, (flip @ rgb_to_srgb @ flip).astype(np.float32), name or "unnamed ICC profile"
 
 
-def _srgb_encode_lut() -> np.ndarray:
-    v = np.linspace(0.0, 1.0, _ENCODE_STEPS)
-    encoded = np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
-    return np.clip(np.round(encoded * 255), 0, 255).astype(np.uint8)
+_SRGB_KNEE = 0.0031308  # linear light where the sRGB curve turns from a line into a power law
+_SRGB_KNEE_VALUE = 12.92 * _SRGB_KNEE
 
 
-_ENCODE = _srgb_encode_lut()
+def _srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """Linear light (float32, any range; overwritten) -> 8-bit sRGB, with vectorised arithmetic only.
+
+    The curve is a line below the knee and a power law above it; both meet at the knee and each
+    is the larger one on its own side, so max(power, min(line, value at the knee)) is the curve.
+    The power is exp(log(x) / 2.4): OpenCV's pow is ten times slower for a fractional exponent.
+    Scalars are numpy float32 on purpose (cv2's arithmetic would take a Python float as a
+    4-channel scalar and change the first channel only).
+    """
+    x = np.maximum(linear, np.float32(1e-7), out=linear)
+    power = cv2.exp(cv2.log(x) * np.float32(1 / 2.4))
+    power *= np.float32(1.055)
+    power -= np.float32(0.055)
+    line = x * np.float32(12.92)
+    np.minimum(line, np.float32(_SRGB_KNEE_VALUE), out=line)
+    np.maximum(power, line, out=power)
+    return cv2.convertScaleAbs(power, alpha=255.0)  # rounds, and saturates at 255
 
 
 def to_srgb(pixels: np.ndarray, profile: bytes) -> tuple[np.ndarray, str | None]:
@@ -139,12 +152,9 @@ def to_srgb(pixels: np.ndarray, profile: bytes) -> tuple[np.ndarray, str | None]
     conversion = _conversion(bytes(profile))
     if conversion is None:
         return pixels, None
-    luts, matrix, name = conversion
+    lut, matrix, name = conversion
     out = np.empty_like(pixels)
     for top in range(0, pixels.shape[0], _STRIP_ROWS):
-        strip = pixels[top : top + _STRIP_ROWS]
-        linear = np.dstack([luts[c][strip[:, :, c]] for c in range(3)])
-        converted = cv2.transform(linear, matrix)
-        index = np.clip(converted * (_ENCODE_STEPS - 1) + 0.5, 0, _ENCODE_STEPS - 1).astype(np.uint16)
-        out[top : top + _STRIP_ROWS] = _ENCODE[index]
+        strip = np.ascontiguousarray(pixels[top : top + _STRIP_ROWS])
+        out[top : top + _STRIP_ROWS] = _srgb_encode(cv2.transform(cv2.LUT(strip, lut), matrix))
     return out, name
