@@ -12,6 +12,7 @@ does it) the tests are skipped with that reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -101,6 +102,22 @@ def item_named(drv, name: str):
         if node.find_element("css selector", "h2").text == name:
             return node
     return None
+
+
+def drop_file(drv, path: Path, mime: str = "image/jpeg") -> None:
+    """Drop a file on the drop zone, as a drag from the desktop does (a DragEvent with its files)."""
+    drv.execute_script(
+        """const [b64, name, type] = arguments;
+           const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+           const dt = new DataTransfer();
+           dt.items.add(new File([bytes], name, {type}));
+           const zone = document.getElementById('drop');
+           for (const kind of ['dragenter', 'dragover', 'drop'])
+             zone.dispatchEvent(new DragEvent(kind, {dataTransfer: dt, bubbles: true, cancelable: true}));""",
+        base64.b64encode(path.read_bytes()).decode(),
+        path.name,
+        mime,
+    )
 
 
 def face_boxes(shared_data: Path, file_name: str) -> list[tuple[int, int, int, int]]:
@@ -270,7 +287,7 @@ def test_the_api_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(dr
     driver.switch_to.active_element.send_keys("k3y-for-this-tab\n")
     assert not driver.find_element("id", "keybox").is_displayed()
     assert driver.execute_script("return sessionStorage.getItem('anonymizer.apiKey')") == "k3y-for-this-tab"
-    driver.find_element("id", "file-input").send_keys(str(photo))
+    drop_file(driver, photo)  # dragged in this time, not chosen
     item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
     wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the result")
 
@@ -285,11 +302,20 @@ def test_the_api_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(dr
     assert all(r["url"].startswith((server.url, "blob:", "data:")) for r in requests)  # only its own API
 
 
-def test_the_page_fits_a_phone(driver, server):
+def test_the_page_and_a_result_fit_a_phone(driver, server, shared_data):
+    photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
     driver.set_window_size(390, 844)
     try:
         open_page(driver, server)
+        drop_file(driver, photo)
+        item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
+        wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the result")
         overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{overflow} px of sideways scrolling on a phone"
+        small = driver.execute_script(
+            "return [...document.querySelectorAll('button, a.button, select')].filter(c => c.offsetParent)"
+            ".map(c => c.getBoundingClientRect().height).filter(h => h < 40)"
+        )
+        assert small == []  # touch targets of 40 px and more
     finally:
         driver.set_window_size(1280, 1000)

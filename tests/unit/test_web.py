@@ -145,3 +145,26 @@ def test_the_local_buckets_answer_the_browser_as_the_deployed_ones():
         deployed = tpl["Resources"][resource]["Properties"]["CorsConfiguration"]["CorsRules"]
         as_boto3 = [{("MaxAgeSeconds" if k == "MaxAge" else k): v for k, v in rule.items()} for rule in deployed]
         assert as_boto3 == local[bucket], resource
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours."""
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_contrast():
+    css = re.search(r":root \{(.*?)\}", web.page().html.decode("utf-8"), re.S).group(1)
+    colour = dict(re.findall(r"--([a-z-]+): (#[0-9a-f]{6})", css))
+    pairs = [
+        ("fg", "bg"), ("fg", "panel"), ("muted", "bg"), ("muted", "panel"), ("accent", "bg"),
+        ("accent-fg", "accent"), ("error", "bg"), ("ok", "bg"),
+    ]  # fmt: skip
+    low = {f"{a} on {b}": round(contrast(colour[a], colour[b]), 2) for a, b in pairs}
+    assert all(ratio >= 4.5 for ratio in low.values()), low
