@@ -196,6 +196,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, log_path: Path | None = Non
     """
     with LocalApi(host, port, log_path=log_path) as api:
         print(f"anonymizer API on {api.url} (S3/SQS/DynamoDB: moto on {api.aws.endpoint_url})")
+        print(f"  the web page: open {api.url}/ in a browser")
         print(
             f"  curl --data-binary @face.jpg -H 'Content-Type: image/jpeg' "
             f"'{api.url}/anonymize?effect=pixelate' -o out.jpg"
