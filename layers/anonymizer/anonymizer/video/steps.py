@@ -208,7 +208,7 @@ def join(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer:
             key,
             ExtraArgs={
                 "ContentType": VIDEO_CONTENT_TYPE,
-                "Metadata": {"anonymizer-version": __version__, "anonymizer-source-etag": str(source.get("etag"))},
+                "Metadata": {"anonymizer-version": __version__},  # no source ETag: it is the original's MD5
                 "Tagging": urlencode({"anonymizer-status": "ok"}),
             },
         )
