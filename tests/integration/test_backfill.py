@@ -252,3 +252,17 @@ def test_the_anonymize_command_has_backfill(local, small_jpegs, capsys):
     assert "1 object(s); 200 ms per image (given)" in out and "would anonymize s3://it-input/x/one.jpg" in out
     assert main(["backfill", "not-a-url", "--dry-run"]) == 1
     assert "expected s3://bucket" in capsys.readouterr().err
+
+
+def test_backfill_after_the_live_flow_announces_nothing_twice(local, load_fn, engine, small_jpegs):
+    """An object the live S3 flow already published is skipped by a backfill: one event in all."""
+    events_url = capture_events(local)
+    live = load_fn("s3_anonymize", EVENT_BUS_NAME="default")
+    backfill_fn = load_fn("s3_backfill", EVENT_BUS_NAME="default")
+    local.client("s3").put_object(Bucket="it-input", Key="both/doors.jpg", Body=small_jpegs[3])
+    local.pump(live.lambda_handler)
+    answer = backfill_fn.lambda_handler(invocation("it-input", "both/doors.jpg"), FakeLambdaContext())
+    assert answer["results"][0]["resultCode"] == "Succeeded"
+    assert answer["results"][0]["resultString"].startswith("skipped: already anonymized")
+    assert engine.calls["anonymize"] == 1
+    assert [e["detail"]["trigger"] for e in drain(local, events_url)] == ["s3"]
