@@ -78,7 +78,7 @@ class Hang(Exception):
 class CentreDetector:
     """Marks the middle half of any image as a face: exercises effects and encoding on every size."""
 
-    card = SimpleNamespace(version="stand-in")
+    card = SimpleNamespace(version="stand-in", threshold=0.5)  # the model card fields the pipeline reads
 
     def detect(self, pixels, threshold=None, min_size=None):
         h, w = pixels.shape[:2]
