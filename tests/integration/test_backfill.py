@@ -266,3 +266,24 @@ def test_backfill_after_the_live_flow_announces_nothing_twice(local, load_fn, en
     assert answer["results"][0]["resultString"].startswith("skipped: already anonymized")
     assert engine.calls["anonymize"] == 1
     assert [e["detail"]["trigger"] for e in drain(local, events_url)] == ["s3"]
+
+
+def test_backfill_asks_first_and_needs_the_stack(local, small_jpegs):
+    s3 = local.client("s3")
+    s3.create_bucket(Bucket="it-backfill")
+    s3.put_object(Bucket="it-input", Key="ask/one.jpg", Body=small_jpegs[0])
+    asked = []
+
+    def decline(question: str) -> bool:
+        asked.append(question)
+        return False
+
+    out, err = io.StringIO(), io.StringIO()
+    args = make_args(source="s3://it-input/ask/", yes=False, ms_per_image=300.0)
+    assert backfill_cli.run(args, s3=s3, confirm=decline, out=out, err=err) == backfill_cli.EXIT_USAGE
+    assert asked == ["Start a Batch Operations job over 1 object(s), about $0.25? [y/N] "]
+    assert "not started" in out.getvalue()
+    assert "Contents" not in s3.list_objects_v2(Bucket="it-backfill")  # no manifest, no job
+    args = make_args(source="s3://it-input/ask/", function_arn=None, role_arn=None)
+    assert backfill_cli.run(args, s3=s3, out=out, err=err) == backfill_cli.EXIT_USAGE
+    assert "--function-arn, --role-arn needed (or --stack)" in err.getvalue()
