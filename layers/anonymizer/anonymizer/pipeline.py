@@ -168,7 +168,7 @@ class Anonymizer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         decoded = self._decode(data, options, timings)
-        thresholds = self._thresholds(options)
+        thresholds = self.thresholds(options)
         detections = self._detect(decoded.pixels, options, timings, thresholds=thresholds)
 
         t0 = time.perf_counter()
@@ -207,13 +207,13 @@ class Anonymizer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         decoded = self._decode(data, options, timings)
-        thresholds = self._thresholds(options, min_score)
+        thresholds = self.thresholds(options, min_score)
         detections = self._detect(decoded.pixels, options, timings, thresholds=thresholds)
         timings["total"] = elapsed_ms(started)
         records = [DetectionRecord(d.label, d.score, d.box) for d in detections]
         return self._report(decoded, records, options, thresholds, timings)
 
-    def _thresholds(self, options: Options, min_score: float | None = None) -> dict[str, float]:
+    def thresholds(self, options: Options, min_score: float | None = None) -> dict[str, float]:
         """The score each class is cut at: ``min_score``, else the request's, else the model card's."""
         out = {}
         for target in options.targets:
@@ -238,7 +238,7 @@ class Anonymizer:
         min_score: float | None = None,
         thresholds: dict[str, float] | None = None,
     ) -> list[Detection]:
-        thresholds = thresholds if thresholds is not None else self._thresholds(options, min_score)
+        thresholds = thresholds if thresholds is not None else self.thresholds(options, min_score)
         wanted = {target: (thresholds[target], options.for_target(target).min_size) for target in options.targets}
         shared = self.shared_detector(tuple(wanted))
         if shared is not None:  # one network run serves every target where their passes coincide
