@@ -301,6 +301,17 @@ def test_the_api_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(dr
     assert not [r["url"] for r in requests if "k3y" in r["url"]]  # never in a URL
     assert all(r["url"].startswith((server.url, "blob:", "data:")) for r in requests)  # only its own API
 
+    # "Redo with current settings": the same file again, with the settings as they are now
+    first = item.find_element("css selector", "img.after").get_attribute("src")
+    driver.find_element("css selector", "#opt-face-effect option[value=fill]").click()
+    item.find_element("xpath", ".//button[starts-with(., 'Redo')]").click()
+    wait_for(lambda: (img := item.find_elements("css selector", "img.after")) and img[0].get_attribute("src") != first,
+             "the new result")  # fmt: skip
+    assert driver.execute_script("return fetch(arguments[0]).then(() => 'alive', () => 'revoked')", first) == "revoked"
+    sent = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+    urls = [m["params"]["request"]["url"] for m in sent if m["method"] == "Network.requestWillBeSent"]
+    assert any("/anonymize?" in url and "face.effect=fill" in url for url in urls), urls
+
 
 def test_the_page_and_a_result_fit_a_phone(driver, server, shared_data):
     photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
