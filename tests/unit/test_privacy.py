@@ -485,6 +485,40 @@ def test_no_output_carries_metadata(engine, jpeg_with_all_metadata, fmt):
     assert not anywhere and not in_structure, f"{fmt} output contains {anywhere + in_structure}"
 
 
+def heif_with_all_metadata(pixels: np.ndarray, fmt: str) -> bytes:
+    """A HEIC (pillow-heif) or AVIF (Pillow) photo carrying the hostile EXIF/GPS and XMP above."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(pixels[:, :, ::-1]))
+    packet = xmp_segment()[4 + len(b"http://ns.adobe.com/xap/1.0/\0") :]
+    out = io.BytesIO()
+    metadata = {"exif": b"Exif\0\0" + exif_with_gps(), "xmp": packet}
+    if fmt == "heic":
+        import pillow_heif
+
+        pillow_heif.from_pillow(picture).save(out, format="HEIF", quality=90, **metadata)
+    else:
+        picture.save(out, format="AVIF", quality=90, **metadata)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+def test_heic_and_avif_metadata_never_reaches_an_output(engine, original, fmt):
+    data = heif_with_all_metadata(original, fmt)
+    assert {"exif", "gps", "xmp"} <= set(imageio.metadata_markers(data))  # the input carries it all
+    assert CANARY.encode() in data and b"GPS" in data
+    for out_format in (None, "png", "webp", "tiff"):
+        options = {**FACE_ONLY, **({"format": out_format} if out_format else {})}
+        result = engine.anonymize(data, parse_options(options))
+        assert result.format == (out_format or "jpeg") and result.report["counts"] == {"face": 1}
+        assert imageio.metadata_markers(result.data) == []
+        anywhere = [n for n in NEEDLES if len(n) >= 8 and n in result.data]
+        in_structure = [n for n in NEEDLES if n in outside_pixel_data(result.data, result.format)]
+        assert not anywhere and not in_structure, f"{fmt} -> {result.format} output contains {anywhere + in_structure}"
+
+
 # --- 3. fail closed -------------------------------------------------------------------------
 
 
