@@ -550,6 +550,48 @@ def test_heic_bomb_refused_from_the_header() -> None:
         decode(bomb_heic())
 
 
+def test_avif_bomb_refused_from_the_header() -> None:
+    data = bytearray(make_heif(NOISE, "avif"))
+    at = data.find(b"ispe")
+    struct.pack_into(">II", data, at + 8, 40_000, 40_000)
+    assert probe(bytes(data)) == imageio.ImageInfo("avif", 40_000, 40_000, False)
+    with pytest.raises(ImageTooLargeError, match="40000x40000"):
+        decode(bytes(data))
+
+
+def test_heic_with_several_images_is_refused_never_cut_to_its_primary() -> None:
+    import io
+
+    import pillow_heif
+    from PIL import Image
+
+    heif = pillow_heif.from_pillow(Image.fromarray(NOISE))
+    heif.add_from_pillow(Image.fromarray(IMG))
+    out = io.BytesIO()
+    heif.save(out, format="HEIF")
+    with pytest.raises(UnsupportedImageError, match="HEIC with 2 images"):
+        decode(out.getvalue())
+
+
+@pytest.mark.parametrize("fmt", ["heic", "avif"])
+def test_heic_and_avif_grey_and_alpha(fmt: str) -> None:
+    import io
+
+    import pillow_heif
+    from PIL import Image
+
+    for mode, pixels in (("L", NOISE[:, :, 0]), ("RGBA", np.dstack([NOISE, NOISE[:, :, 1]]))):
+        out = io.BytesIO()
+        picture = Image.fromarray(np.ascontiguousarray(pixels), mode)
+        if fmt == "heic":
+            pillow_heif.from_pillow(picture).save(out, format="HEIF", quality=95)
+        else:
+            picture.save(out, format="AVIF", quality=95)
+        d = decode(out.getvalue())
+        assert d.grey == (mode == "L") and (d.alpha is not None) == (mode == "RGBA"), (fmt, mode)
+        assert output_format_for(fmt, alpha=d.alpha is not None) == ("png" if mode == "RGBA" else "jpeg")
+
+
 @pytest.mark.parametrize(("box", "version", "count_at"), [(b"iloc", 2, 14), (b"ipma", 0, 12)])
 def test_heif_item_counts_cannot_make_the_parser_spin(box: bytes, version: int, count_at: int) -> None:
     data = bytearray(make_heif(NOISE, "heic"))
