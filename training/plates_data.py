@@ -13,16 +13,35 @@ import cv2
 import numpy as np
 
 SHARED = os.environ.get("ANON_SHARED", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared")))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DASHCAM = os.path.join(SHARED, "data", "plates", "romania-dashcam")
 WEBCARS = os.path.join(SHARED, "data", "plates", "web-cars")
+OPENIMAGES = os.path.join(SHARED, "data", "plates", "openimages-dev")
+OPENLPR = os.path.join(REPO, "build", "data", "open-lpr")  # made by training.convert_open_lpr
 FACES = os.path.join(SHARED, "data", "faces", "street-masks-dev")
 SPLITS = os.path.join(os.path.dirname(__file__), "splits.json")
 
 PLATE_CAT = 2
-DASHCAM_HOLDOUT_VIDEO = "nightride_type3_001"  # 82/534 frames (15 %), the only night video
-THRESH_VIDEO = "dayride_type1_003"  # internal validation (threshold choice), from the training part
-WEB_HOLDOUT_FRACTION, WEB_SEED = 0.3, 0
-WEB_THRESH_FRACTION, WEB_THRESH_SEED = 0.15, 1
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str  # the folder's name, as in splits.json and `anonymize eval --ids-key NAME.val_image_ids`
+    root: str
+    complete: bool  # every visible plate boxed? (if not: unlabelled detections are ignored in training)
+    weight: float  # share of real-image training crops drawn from it
+
+
+SOURCES = (
+    Source("romania-dashcam", DASHCAM, True, 0.2),
+    Source("web-cars", WEBCARS, True, 0.2),
+    Source("openimages-dev", OPENIMAGES, False, 0.35),
+    Source("open-lpr", OPENLPR, False, 0.25),
+)
+VAL_VIDEOS = ("dayride_type1_003", "nightride_type3_001")  # dashcam: whole videos (frames are near-copies)
+WEB_VAL_FRACTION, WEB_SEED = 0.3, 0  # as before; its many copies join by closure
+OPENIMAGES_VAL_FRACTION, OPENIMAGES_SEED = 0.2, 0
+DUPLICATE_MAX_BITS = 20  # dHash distance of copies (web-cars: copies 0 bits, distinct photos >= 90 of 256)
 
 
 def video_of(file_name: str) -> str:
@@ -36,6 +55,7 @@ class Item:
     boxes: np.ndarray  # N x 4, x1 y1 x2 y2
     source: str
     extra: dict = field(default_factory=dict)
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # unlabelled plates
 
 
 def load_coco(root: str, source: str) -> list[Item]:
@@ -49,49 +69,13 @@ def load_coco(root: str, source: str) -> list[Item]:
     items = []
     for im in sorted(coco["images"], key=lambda i: i["id"]):
         b = np.array(boxes.get(im["id"], []), np.float32).reshape(-1, 4)
-        items.append(Item(os.path.join(root, im["file_name"]), im["id"], b, source, {"file_name": im["file_name"]}))
+        extra = {"file_name": im["file_name"], "origin": im.get("origin")}
+        items.append(Item(os.path.join(root, im["file_name"]), im["id"], b, source, extra))
     return items
 
 
-def make_splits() -> dict:
-    dash = load_coco(DASHCAM, "dashcam")
-    web = load_coco(WEBCARS, "web")
-    ids = np.array(sorted(i.image_id for i in web))
-    perm = np.random.RandomState(WEB_SEED).permutation(len(ids))
-    n_hold = int(round(WEB_HOLDOUT_FRACTION * len(ids)))
-    web_hold = sorted(int(i) for i in ids[perm[:n_hold]])
-    web_rest = sorted(int(i) for i in ids[perm[n_hold:]])
-    perm2 = np.random.RandomState(WEB_THRESH_SEED).permutation(len(web_rest))
-    web_thr = sorted(web_rest[i] for i in perm2[: int(round(WEB_THRESH_FRACTION * len(web_rest)))])
-    videos: dict[str, int] = {}
-    for i in dash:
-        videos[video_of(i.extra["file_name"])] = videos.get(video_of(i.extra["file_name"]), 0) + 1
-    return {
-        "romania-dashcam": {
-            "rule": "hold out one whole video (file-name prefix before _t<time>)",
-            "videos": videos,
-            "holdout_video": DASHCAM_HOLDOUT_VIDEO,
-            "holdout_image_ids": sorted(
-                i.image_id for i in dash if video_of(i.extra["file_name"]) == DASHCAM_HOLDOUT_VIDEO
-            ),
-            "threshold_video": THRESH_VIDEO,
-            "threshold_image_ids": sorted(i.image_id for i in dash if video_of(i.extra["file_name"]) == THRESH_VIDEO),
-        },
-        "web-cars": {
-            "rule": (
-                f"sorted image ids, numpy RandomState({WEB_SEED}).permutation, "
-                f"first {WEB_HOLDOUT_FRACTION:.0%} held out"
-            ),
-            "holdout_image_ids": web_hold,
-            "threshold_rule": (f"{WEB_THRESH_FRACTION:.0%} of the remaining ids, RandomState({WEB_THRESH_SEED})"),
-            "threshold_image_ids": web_thr,
-            "unique_rule": (
-                f"held-out ids whose dhash differs from every other image's in more than {UNIQUE_MIN_BITS} of 256 bits "
-                "(26 of the 55 held-out photos are exact copies of training or threshold photos)"
-            ),
-            "holdout_unique_image_ids": unseen_ids(web, set(web_hold)),
-        },
-    }
+def available_sources() -> list[Source]:
+    return [s for s in SOURCES if os.path.exists(os.path.join(s.root, "annotations.json"))]
 
 
 def dhash(path: str) -> np.ndarray:
@@ -100,14 +84,77 @@ def dhash(path: str) -> np.ndarray:
     return (grey[:, 1:] > grey[:, :-1]).ravel()
 
 
-UNIQUE_MIN_BITS = 20  # web-cars: copies differ in 0 bits, distinct photos in 90 or more
+def duplicate_groups(items: list[Item], max_bits: int = DUPLICATE_MAX_BITS) -> list[int]:
+    """Group label per item: items whose dHashes differ in <= max_bits bits (transitively) share one."""
+    h = np.stack([dhash(it.path) for it in items]).astype(np.float32)
+    dist = h @ (1 - h).T + (1 - h) @ h.T
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(dist <= max_bits, 1)), strict=True):
+        parent[root(int(i))] = root(int(j))
+    return [root(i) for i in range(len(items))]
 
 
-def unseen_ids(items: list[Item], held: set[int]) -> list[int]:
-    """Held-out ids with no copy among the other images (web-cars holds many exact duplicates)."""
-    hashes = {it.image_id: dhash(it.path) for it in items}
-    others = [h for i, h in hashes.items() if i not in held]
-    return sorted(i for i in held if min(int((hashes[i] != o).sum()) for o in others) > UNIQUE_MIN_BITS)
+def _seed_val(source: str, items: list[Item]) -> set[int]:
+    """The validation ids each source's own rule picks, before duplicate closure."""
+    if source == "romania-dashcam":
+        return {i.image_id for i in items if video_of(i.extra["file_name"]) in VAL_VIDEOS}
+    if source == "open-lpr":
+        return {i.image_id for i in items if i.extra.get("origin") == "val"}  # the set's own val part
+    fraction, seed = (
+        (WEB_VAL_FRACTION, WEB_SEED) if source == "web-cars" else (OPENIMAGES_VAL_FRACTION, OPENIMAGES_SEED)
+    )
+    ids = np.array(sorted(i.image_id for i in items))
+    perm = np.random.RandomState(seed).permutation(len(ids))
+    return {int(i) for i in ids[perm[: int(round(fraction * len(ids)))]]}
+
+
+def make_splits() -> dict:
+    """Train/validation over every source, duplicate-aware across all of them: a photo and all its
+    copies (dHash, any source) land on the same side, and a group touching validation goes there."""
+    sources = available_sources()
+    if [s.name for s in sources] != [s.name for s in SOURCES]:
+        missing = sorted({s.name for s in SOURCES} - {s.name for s in sources})
+        raise FileNotFoundError(f"sources missing: {missing} (open-lpr: python -m training.convert_open_lpr)")
+    items = [it for s in sources for it in load_coco(s.root, s.name)]
+    groups = duplicate_groups(items)
+    seed = {s.name: _seed_val(s.name, [i for i in items if i.source == s.name]) for s in sources}
+    val_groups = {g for it, g in zip(items, groups, strict=True) if it.image_id in seed[it.source]}
+    out: dict = {
+        "rule": (
+            "validation = each source's own rule, then every image whose dHash (256 bits) is within "
+            f"{DUPLICATE_MAX_BITS} bits of a validation image, in any source (transitively), moves to validation; "
+            "thresholds are chosen on validation, never trained on"
+        )
+    }
+    rules = {
+        "romania-dashcam": f"whole videos {', '.join(VAL_VIDEOS)}",
+        "web-cars": f"sorted ids, RandomState({WEB_SEED}).permutation, first {WEB_VAL_FRACTION:.0%}",
+        "openimages-dev": (
+            f"sorted ids (one per Open Images id), RandomState({OPENIMAGES_SEED}).permutation, "
+            f"first {OPENIMAGES_VAL_FRACTION:.0%}"
+        ),
+        "open-lpr": "the set's own val.db part",
+    }
+    for s in sources:
+        mine = [(it, g) for it, g in zip(items, groups, strict=True) if it.source == s.name]
+        val = sorted(it.image_id for it, g in mine if g in val_groups)
+        out[s.name] = {
+            "rule": rules[s.name],
+            "images": len(mine),
+            "val_image_ids": val,
+            "moved_by_duplicates": len(set(val) - seed[s.name]),
+        }
+    out["duplicate_groups_across_sources"] = sum(
+        1 for g in set(groups) if len({it.source for it, gg in zip(items, groups, strict=True) if gg == g}) > 1
+    )
+    return out
 
 
 def write_splits(path: str = SPLITS) -> dict:
@@ -118,25 +165,63 @@ def write_splits(path: str = SPLITS) -> dict:
     return s
 
 
-def load_parts() -> dict[str, list[Item]]:
-    """{'train': ..., 'thresh_dashcam', 'thresh_web', 'holdout_dashcam', 'holdout_web'}"""
-    s = make_splits()
-    dash = load_coco(DASHCAM, "dashcam")
-    web = load_coco(WEBCARS, "web")
-    dh, dt = set(s["romania-dashcam"]["holdout_image_ids"]), set(s["romania-dashcam"]["threshold_image_ids"])
-    wh, wt = set(s["web-cars"]["holdout_image_ids"]), set(s["web-cars"]["threshold_image_ids"])
-    return {
-        "train": [i for i in dash if i.image_id not in dh | dt] + [i for i in web if i.image_id not in wh | wt],
-        "thresh_dashcam": [i for i in dash if i.image_id in dt],
-        "thresh_web": [i for i in web if i.image_id in wt],
-        "holdout_dashcam": [i for i in dash if i.image_id in dh],
-        "holdout_web": [i for i in web if i.image_id in wh],
-    }
+def read_splits(path: str = SPLITS) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+IGNORE = os.path.join(REPO, "build", "data", "ignore.json")  # training.ignore_regions
+
+
+def load_parts(splits: dict | None = None) -> dict[str, list[Item]]:
+    """{'train', 'val', 'val/<source>'} over the sources present on this machine (recorded splits)."""
+    splits = splits or read_splits()
+    parts: dict[str, list[Item]] = {"train": [], "val": []}
+    for s in available_sources():
+        val_ids = set(splits[s.name]["val_image_ids"])
+        items = load_coco(s.root, s.name)
+        parts["train"] += [i for i in items if i.image_id not in val_ids]
+        parts[f"val/{s.name}"] = [i for i in items if i.image_id in val_ids]
+        parts["val"] += parts[f"val/{s.name}"]
+    apply_ignore(parts["train"])
+    return parts
+
+
+def apply_ignore(items: list[Item], path: str = IGNORE) -> int:
+    """Set each training item's ignore boxes from ``training.ignore_regions``' file (re-read every
+    epoch, as that scan may still be running); returns how many boxes were set."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        ignore = json.load(f)
+    n = 0
+    for it in items:
+        it.ignore = np.array(ignore.get(it.source, {}).get(str(it.image_id), []), np.float32).reshape(-1, 4)
+        n += len(it.ignore)
+    return n
 
 
 def face_backgrounds() -> list[str]:
     d = os.path.join(FACES, "images")
     return sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
+
+
+def _map_boxes(M: np.ndarray, boxes: np.ndarray, S: int, min_visible: float) -> np.ndarray:
+    """Boxes through a perspective warp into an S x S crop; kept when this share stays visible."""
+    nb = []
+    for x1, y1, x2, y2 in boxes:
+        pts = np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]).reshape(-1, 1, 2)
+        p = cv2.perspectiveTransform(pts, M).reshape(-1, 2)
+        # axis-aligned box of the warped quad, shrunk a little towards the mean of min/max
+        lo, hi = p.min(0), p.max(0)
+        lo2, hi2 = np.sort(p, 0)[1], np.sort(p, 0)[2]
+        lo, hi = 0.5 * (lo + lo2), 0.5 * (hi + hi2)
+        area = (hi[0] - lo[0]) * (hi[1] - lo[1])
+        cl, ch = np.clip(lo, 0, S), np.clip(hi, 0, S)
+        vis = max(0, ch[0] - cl[0]) * max(0, ch[1] - cl[1])
+        if area > 0 and vis / area >= min_visible and (ch - cl).min() >= 2:
+            nb.append([cl[0], cl[1], ch[0], ch[1]])
+    return np.array(nb, np.float32).reshape(-1, 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,11 +339,13 @@ def synthetic_plate(rng: np.random.RandomState) -> np.ndarray:
 class SampleGenerator:
     """Produces (S x S x 3 BGR uint8 crop, N x 4 boxes) training samples."""
 
-    def __init__(self, items: list[Item], backgrounds: list[str], seed: int = 0, web_prob: float = 0.45):
-        self.web_prob = web_prob
+    def __init__(self, items: list[Item], backgrounds: list[str], seed: int = 0, weights: dict | None = None):
         self.items = [i for i in items if len(i.boxes)]
-        self.dash = [i for i in self.items if i.source == "dashcam"]
-        self.web = [i for i in self.items if i.source == "web"]
+        self.pools = {name: [i for i in self.items if i.source == name] for name in {i.source for i in self.items}}
+        w = weights or {src.name: src.weight for src in SOURCES}
+        self.pool_names = sorted(n for n in self.pools if w.get(n, 0) > 0)
+        p = np.array([w[n] for n in self.pool_names], np.float64)
+        self.pool_p = p / p.sum()
         self.backgrounds = backgrounds
         self.rng = np.random.RandomState(seed)
         self.cache: dict[str, np.ndarray] = {}
@@ -283,7 +370,7 @@ class SampleGenerator:
         return crops
 
     # -- geometry -------------------------------------------------------------------------
-    def _warp(self, im, boxes, S, f, center_src, center_dst):
+    def _warp(self, im, boxes, S, f, center_src, center_dst, ignore=None):
         rng = self.rng
         ang = rng.uniform(-6, 6) if rng.rand() < 0.5 else 0.0
         A = cv2.getRotationMatrix2D((float(center_src[0]), float(center_src[1])), ang, f)
@@ -302,33 +389,23 @@ class SampleGenerator:
             borderMode=border,
             borderValue=tuple(int(v) for v in rng.randint(0, 255, 3)),
         )
-        nb = []
-        for x1, y1, x2, y2 in boxes:
-            pts = np.float32([[x1, y1], [x2, y1], [x2, y2], [x1, y2]]).reshape(-1, 1, 2)
-            p = cv2.perspectiveTransform(pts, M).reshape(-1, 2)
-            # axis-aligned box of the warped quad, shrunk a little towards the mean of min/max
-            lo, hi = p.min(0), p.max(0)
-            lo2, hi2 = np.sort(p, 0)[1], np.sort(p, 0)[2]
-            lo, hi = 0.5 * (lo + lo2), 0.5 * (hi + hi2)
-            area = (hi[0] - lo[0]) * (hi[1] - lo[1])
-            cl, ch = np.clip(lo, 0, S), np.clip(hi, 0, S)
-            vis = max(0, ch[0] - cl[0]) * max(0, ch[1] - cl[1])
-            if area > 0 and vis / area >= 0.45 and (ch - cl).min() >= 2:
-                nb.append([cl[0], cl[1], ch[0], ch[1]])
-        return out, np.array(nb, np.float32).reshape(-1, 4)
+        nb = _map_boxes(M, boxes, S, 0.45)
+        if ignore is None:
+            return out, nb
+        return out, nb, _map_boxes(M, ignore, S, 0.01)
 
     def _target_width(self, S):
         return math.exp(self.rng.uniform(math.log(10), math.log(0.9 * S)))
 
     def from_real(self, S):
         rng = self.rng
-        pool = self.dash if rng.rand() < 1 - self.web_prob else self.web  # same draws as before at 0.45
+        pool = self.pools[self.pool_names[rng.choice(len(self.pool_names), p=self.pool_p)]]
         it = pool[rng.randint(len(pool))]
         im = self.imread(it.path)
         b = it.boxes[rng.randint(len(it.boxes))]
         bw = b[2] - b[0]
         if rng.rand() < 0.35:  # near the inference scale
-            f = (1.0 if it.source == "dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.7, 1.3)
+            f = (1.0 if it.source == "romania-dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.7, 1.3)
             f = min(f, 0.9 * S / bw)
         else:
             f = self._target_width(S) / bw
@@ -337,10 +414,10 @@ class SampleGenerator:
         half = min(bw * f / 2, S / 2 - 1)
         c_dst = (rng.uniform(half * 0.6, S - half * 0.6), rng.uniform(0.1 * S, 0.9 * S))
         if rng.rand() < 0.25:  # anywhere in the frame at the inference scale: background negatives
-            f = (1.0 if it.source == "dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.6, 1.4)
+            f = (1.0 if it.source == "romania-dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.6, 1.4)
             c_src = (rng.uniform(0, im.shape[1]), rng.uniform(0, im.shape[0]))
             c_dst = (S / 2, S / 2)
-        return self._warp(im, it.boxes, S, f, c_src, c_dst)
+        return self._warp(im, it.boxes, S, f, c_src, c_dst, it.ignore)
 
     def from_paste(self, S):
         rng = self.rng
@@ -352,6 +429,7 @@ class SampleGenerator:
         f = S / min(bg.shape[:2]) * rng.uniform(1.0, 1.6)
         c = (bg.shape[1] / 2 + rng.uniform(-0.2, 0.2) * bg.shape[1], bg.shape[0] / 2)
         out, _ = self._warp(bg, np.zeros((0, 4)), S, f, c, (S / 2, S / 2))
+        no_ignore = np.zeros((0, 4), np.float32)
         boxes = []
         for _ in range(rng.randint(0, 4)):  # 0 plates: pure negative (faces!)
             p = synthetic_plate(rng) if rng.rand() < 0.4 or not self.crops else self.crops[rng.randint(len(self.crops))]
@@ -374,7 +452,7 @@ class SampleGenerator:
             lo, hi = np.clip(lo, 0, S), np.clip(hi, 0, S)
             if (hi - lo).min() >= 2:
                 boxes.append([lo[0], lo[1], hi[0], hi[1]])
-        return out, np.array(boxes, np.float32).reshape(-1, 4)
+        return out, np.array(boxes, np.float32).reshape(-1, 4), no_ignore
 
     # -- photometric ----------------------------------------------------------------------
     def photometric(self, im):
@@ -414,15 +492,27 @@ class SampleGenerator:
         return im
 
     def sample(self, S):
-        im, boxes = self.from_real(S) if self.rng.rand() < 0.75 else self.from_paste(S)
+        """(crop, plate boxes, ignore boxes: unlabelled plates in sets whose labels are incomplete)."""
+        im, boxes, ignore = self.from_real(S) if self.rng.rand() < 0.75 else self.from_paste(S)
         if self.rng.rand() < 0.5:
             im = im[:, ::-1].copy()
-            if len(boxes):
-                boxes = np.stack([S - boxes[:, 2], boxes[:, 1], S - boxes[:, 0], boxes[:, 3]], 1)
-        return self.photometric(im), boxes
+            boxes, ignore = (
+                np.stack([S - b[:, 2], b[:, 1], S - b[:, 0], b[:, 3]], 1) if len(b) else b for b in (boxes, ignore)
+            )
+        return self.photometric(im), boxes, ignore
 
 
 # ---------------------------------------------------------------------------------------------
+def ignore_weights(ignore: np.ndarray, S: int, stride: int = 4) -> np.ndarray:
+    """(1,h,w) weights of the heatmap's negative loss: 0 over unlabelled plates, so a set whose labels
+    are incomplete does not teach the network to miss the plates it left unboxed."""
+    h = w = S // stride
+    wt = np.ones((1, h, w), np.float32)
+    for x1, y1, x2, y2 in ignore:
+        wt[0, int(y1 // stride) : int(math.ceil(y2 / stride)), int(x1 // stride) : int(math.ceil(x2 / stride))] = 0
+    return wt
+
+
 def make_targets(boxes: np.ndarray, S: int, stride: int = 4, max_objs: int = 32):
     """CenterNet targets: heatmap (1,h,w) with elliptical Gaussians (TTFNet-style sigma = 0.54 *
     size / 6), and per-object (index, scale (log h/4, log w/4), offset (dy, dx)) with

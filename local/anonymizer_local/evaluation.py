@@ -112,7 +112,10 @@ def evaluate(
     operating detection hit (IoU 0.5): for auditing labels and misses by eye.
     """
     labels = list(labels)
-    per_label = {lab: {"scores": [], "hit50": [], "hit30": [], "n_truth": 0} for lab in labels}
+    per_label = {
+        lab: {"scores": [], "hit50": [], "hit30": [], "n_truth": 0, "widths": [], "found": [], "empty": [0, 0]}
+        for lab in labels
+    }
     for truth in truths:
         found = detect(truth)
         for lab in labels:
@@ -125,9 +128,14 @@ def evaluate(
             acc["scores"].append(scores)
             acc["hit50"].append(match(gt, boxes, scores, 0.5))
             acc["hit30"].append(match(gt, boxes, scores, 0.3))
+            op = scores >= threshold[lab]
+            hit, used = match_both(gt, boxes[op], scores[op], 0.5)
+            acc["widths"].append(gt[:, 2] - gt[:, 0])
+            acc["found"].append(used)
+            if not len(gt):  # false detections on images without this label
+                acc["empty"][0] += 1
+                acc["empty"][1] += int(op.sum())
             if unmatched is not None:
-                op = scores >= threshold[lab]
-                hit, used = match_both(gt, boxes[op], scores[op], 0.5)
                 operating = [d for d, keep in zip(dets, op, strict=True) if keep]
                 unmatched(truth, lab, [d for d, h in zip(operating, hit, strict=True) if not h], gt[~used])
     results = {}
@@ -146,5 +154,21 @@ def evaluate(
             "precision@0.5": round(float(hit50[op].sum() / max(op.sum(), 1)), 4),
             "AP50": round(average_precision(scores, hit50, n), 4) if n else None,
             "detections": int(op.sum()),
+            "recall@0.5_by_width": recall_by_width(np.concatenate(acc["widths"]), np.concatenate(acc["found"])),
+            "images_without": acc["empty"][0],
+            "false_per_image_without": round(acc["empty"][1] / acc["empty"][0], 4) if acc["empty"][0] else None,
         }
     return results
+
+
+WIDTH_BINS = ((0, 30), (30, 70), (70, 170), (170, float("inf")))  # px of the original image
+
+
+def recall_by_width(widths: np.ndarray, found: np.ndarray) -> dict[str, dict]:
+    """Recall at the operating threshold per object width, {'<30': {'objects', 'recall'}, ...}."""
+    out = {}
+    for lo, hi in WIDTH_BINS:
+        sel = (widths >= lo) & (widths < hi)
+        name = f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}")
+        out[name] = {"objects": int(sel.sum()), "recall": round(float(found[sel].mean()), 4) if sel.any() else None}
+    return out

@@ -67,22 +67,33 @@ def test_two_line_plates_are_square_ish_with_ink_in_both_rows():
         assert all(r.std() > 20 for r in rows)  # characters in both rows, not a blank half
 
 
+SHARED_PLATES = os.path.join(os.path.dirname(__file__), "../../../shared/data/plates")
+
+
 @pytest.mark.skipif(
-    not os.path.isdir(os.path.join(os.path.dirname(__file__), "../../../shared/data/plates/web-cars")),
-    reason="shared plate data not available",
+    not os.path.isdir(os.path.join(SHARED_PLATES, "web-cars")), reason="shared plate data not available"
 )
-def test_splits_disjoint_and_recorded():
-    import json
+def test_recorded_splits_are_disjoint_and_duplicate_aware():
+    """The recorded split holds every source's validation part apart from training, and no
+    training photo of web-cars (the set with many copies) is a copy of a validation photo."""
+    from training.plates_data import DUPLICATE_MAX_BITS, VAL_VIDEOS, dhash, load_parts, read_splits, video_of
 
-    from training.plates_data import SPLITS, load_parts, make_splits
-
-    s = make_splits()
-    assert s["romania-dashcam"]["holdout_video"] == "nightride_type3_001"
-    parts = load_parts()
+    splits = read_splits()
+    parts = load_parts(splits)
     train = {(i.source, i.image_id) for i in parts["train"]}
-    for name in ("holdout_dashcam", "holdout_web", "thresh_dashcam", "thresh_web"):
-        assert not train & {(i.source, i.image_id) for i in parts[name]}
-    assert len(parts["holdout_web"]) == 55
-    if os.path.exists(SPLITS):
-        with open(SPLITS) as f:
-            assert json.load(f) == json.loads(json.dumps(s))
+    assert not train & {(i.source, i.image_id) for i in parts["val"]}
+    for name in ("romania-dashcam", "web-cars", "openimages-dev"):
+        assert parts[f"val/{name}"], name
+    assert {video_of(i.extra["file_name"]) for i in parts["val/romania-dashcam"]} == set(VAL_VIDEOS)
+    web_train = [i for i in parts["train"] if i.source == "web-cars"]
+    web_val = np.stack([dhash(i.path) for i in parts["val/web-cars"]])
+    for it in web_train:
+        assert (web_val != dhash(it.path)).sum(1).min() > DUPLICATE_MAX_BITS, it.path
+
+
+def test_ignore_regions_switch_off_negatives_only_there():
+    from training.plates_data import ignore_weights
+
+    wt = ignore_weights(np.array([[40, 40, 80, 60]], np.float32), 320)
+    assert wt.shape == (1, 80, 80)
+    assert wt[0, 10:15, 10:20].max() == 0 and wt.sum() == 80 * 80 - 5 * 10
