@@ -168,3 +168,9 @@ def test_text_colours_meet_wcag_aa_contrast():
     ]  # fmt: skip
     low = {f"{a} on {b}": round(contrast(colour[a], colour[b]), 2) for a, b in pairs}
     assert all(ratio >= 4.5 for ratio in low.values()), low
+
+
+def test_the_openapi_document_lists_the_page_and_its_form_without_a_key():
+    doc = api_flow.openapi_document("https://x")
+    for path in ("/", "/options"):
+        assert doc["paths"][path]["get"]["security"] == []  # as template.yaml declares them

@@ -474,6 +474,22 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                     "responses": {"200": {"description": "OpenAPI 3 document", "content": {JSON: {}}}},
                 }
             },
+            "/": {
+                "get": {
+                    "summary": "The web page: drop images, compare before/after, download (no API key needed)",
+                    "operationId": "webPage",
+                    "security": [],
+                    "responses": {"200": {"description": "One self-contained HTML page", "content": {"text/html": {}}}},
+                }
+            },
+            "/options": {
+                "get": {
+                    "summary": "The option table with this deployment's defaults and the size limits (the page's form)",
+                    "operationId": "options",
+                    "security": [],
+                    "responses": {"200": {"description": "options, targets, accept, limits", "content": {JSON: {}}}},
+                }
+            },
         },
         "components": {
             "securitySchemes": {
