@@ -217,16 +217,15 @@ def join(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer:
 
 
 def _counts(reports: list[dict], options: Options) -> dict[str, int]:
-    """Tracks per label, each counted once even where segments' contexts overlap (by first frame)."""
+    """Tracks per label, each counted once: by the segment whose own frames hold its first frame
+    (a neighbour sees it too, in its context frames, and does not count it)."""
     out = {}
     for target in options.targets:
-        seen = set()
-        for r in reports:
-            start, stop = r["segment"]["start"], r["segment"]["stop"]
-            for t in r["tracks"]:
-                if t["label"] == target and start <= max(t["first_frame"], start) < stop:
-                    seen.add((t["first_frame"], t["last_frame"], t.get("max_score")))
-        out[target] = len(seen)
+        out[target] = sum(
+            t["label"] == target and r["segment"]["start"] <= t["first_frame"] < r["segment"]["stop"]
+            for r in reports
+            for t in r["tracks"]
+        )
     return out
 
 
