@@ -2,9 +2,11 @@
 chromium-driver, against the real API handler behind localhost (what ``anonymize serve`` runs).
 
 A real face photo goes in, the before/after slider and the outlines appear, the download is
-checked pixel by pixel (face region changed, the detector finds no face in it), a file that is
-not an image shows its error beside it while the photo goes on, and the page on a phone-sized
-window needs no sideways scrolling. The run writes the README's screenshot, docs/img/web-page.png.
+checked pixel by pixel (face region changed, the detector finds no face in it) and "download all"
+zips it; files that are not an image, animated or too big say so beside it while the photo goes
+on. A big photo takes the presigned upload with its progress bar; the API key is asked once and
+travels only as a header; a dropped file, a redo with new settings, and a phone-sized window
+(no sideways scrolling) work too. The run writes the README's screenshot, docs/img/web-page.png.
 
 Without chromium and chromium-driver (``apt-get install chromium chromium-driver``; ``.ci/run``
 does it) the tests are skipped with that reason.
