@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from video_clips import PHONE_TAGS, count_frames, stream_packets, write_clip
 
+from anonymizer.errors import ImageTooLargeError
 from anonymizer.video import io
 
 av = pytest.importorskip("av")
@@ -108,3 +109,17 @@ def test_sniff_video_is_the_image_paths_own(phone_clip: Path) -> None:
     """One sniffer for both paths: what the image path refuses as video, this path takes."""
     assert io.sniff_video(phone_clip.read_bytes()[:256]) == "mov"
     assert io.sniff_video(b"\xff\xd8\xff\xe0" + b"\x00" * 12) is None
+
+
+def test_frames_over_the_pixel_budget_are_refused(phone_clip: Path) -> None:
+    info = io.probe_video(phone_clip)
+    io.check_supported(info, 320 * 240)
+    with pytest.raises(ImageTooLargeError):
+        io.check_supported(info, 320 * 240 - 1)
+
+
+def test_a_truncated_video_is_refused(phone_clip: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mov"
+    cut.write_bytes(phone_clip.read_bytes()[:2000])
+    with pytest.raises(io.InvalidVideoError):
+        list(io.read_frames(cut)) if io.probe_video(cut) else None

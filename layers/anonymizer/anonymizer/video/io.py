@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidImageError, InvalidOptionsError, UnsupportedImageError
+from ..errors import ImageTooLargeError, InvalidImageError, InvalidOptionsError, UnsupportedImageError
 from ..imageio import sniff_video  # noqa: F401 - re-exported: the video path's gate
 
 AUDIO_MODES = ("keep", "drop")
@@ -95,10 +95,15 @@ def _upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Header facts plus the first frame's rotation (decodes one frame)."""
+    import av
+
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        first = next(container.decode(stream), None)
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise InvalidVideoError("the first frame cannot be decoded") from exc
         if first is None:
             raise InvalidVideoError("the video stream has no decodable frame")
         rotation = _rotation(stream, first)
@@ -317,6 +322,9 @@ def container_tags(path: str | Path) -> dict[str, str]:
         container.close()
 
 
-def check_supported(info: VideoInfo) -> None:
+def check_supported(info: VideoInfo, max_pixels: int | None = None) -> None:
+    """Refuse frames too small to hold anything, or larger than the pixel budget (memory)."""
     if info.width < 16 or info.height < 16:
         raise UnsupportedImageError("video frames are smaller than 16 x 16")
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise ImageTooLargeError(f"video frames are {info.width} x {info.height}; the limit is {max_pixels} pixels")

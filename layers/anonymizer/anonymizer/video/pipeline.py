@@ -268,7 +268,7 @@ def anonymize_video(
         raise InvalidOptionsError("the output would overwrite the original video")
     started = time.perf_counter()
     info = io.probe_video(src)
-    io.check_supported(info)
+    io.check_supported(info, options.max_pixels)
     detected = detect_tracks(anonymizer, src, options, settings, total=info.frames, progress=progress)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:

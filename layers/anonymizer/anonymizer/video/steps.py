@@ -127,7 +127,7 @@ def plan(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig) -> dict[str
         head = _download(s3, source, path, config.max_object_bytes)
         _, video_values, options, settings = _options(s3, source, head, config)
         info = io.probe_video(path)
-        io.check_supported(info)
+        io.check_supported(info, options.max_pixels)
         whole = info.duration is not None and info.duration <= config.single_seconds
         seconds = 1e9 if whole else config.segment_seconds
         overlap = settings.tracks.max_gap + settings.tracks.pad
