@@ -39,13 +39,11 @@ FACE_PHOTO = "maksssksksss446.jpg"  # street-masks-dev: one big face (317 px wid
 WAIT_S = 60.0
 
 
-def _browser_paths() -> tuple[str, str]:
-    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("no headless browser: apt-get install chromium chromium-driver (.ci/run does)")
-    pytest.importorskip("selenium", reason="selenium missing: pip install -e .[dev]")
-    return browser, driver
+BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+if not BROWSER or not CHROMEDRIVER:  # one line in the summary, not one per test
+    pytest.skip("no headless browser: apt-get install chromium chromium-driver (.ci/run does)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: pip install -e .[dev]")
 
 
 @pytest.fixture(scope="module")
@@ -62,19 +60,17 @@ def downloads(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def driver(downloads):
-    browser, chromedriver = _browser_paths()
-    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = browser
+    options.binary_location = BROWSER
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(arg)
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # console, requests
-    drv = webdriver.Chrome(options=options, service=Service(chromedriver))
+    drv = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     drv.implicitly_wait(0)
     yield drv
     drv.quit()
