@@ -47,13 +47,24 @@ class VideoInfo:
     audio_codec: str | None
 
 
-@dataclass
 class Frame:
-    """One decoded frame, upright, with its presentation time in the video stream's time base."""
+    """One decoded frame with its presentation time in the video stream's time base. Its BGR
+    pixels (upright) are converted on first use: pass 1 skips that for frames it does not detect."""
 
-    index: int
-    pts: int
-    pixels: np.ndarray  # H x W x 3 uint8 BGR
+    __slots__ = ("_decoded", "_pixels", "_rotation", "index", "pts")
+
+    def __init__(self, index: int, pts: int, decoded, rotation: int = 0):
+        self.index, self.pts = index, pts
+        self._decoded, self._rotation = decoded, rotation
+        self._pixels: np.ndarray | None = None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """H x W x 3 uint8 BGR, upright; a writable array of its own."""
+        if self._pixels is None:
+            self._pixels = _upright(self._decoded.to_ndarray(format="bgr24"), self._rotation)
+            self._decoded = None
+        return self._pixels
 
 
 def _open(path: str | Path):
@@ -171,7 +182,7 @@ def read_frames(
                 if stop is not None and index >= stop:
                     return
                 if index >= start:
-                    yield Frame(index, pts, _upright(frame.to_ndarray(format="bgr24"), rotation))
+                    yield Frame(index, pts, frame, rotation)
                 index += 1
         except av.error.FFmpegError as exc:
             raise InvalidVideoError(f"the video stream is corrupt after frame {index}") from exc
