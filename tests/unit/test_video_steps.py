@@ -42,3 +42,29 @@ def test_config_from_env() -> None:
 def test_unknown_step_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown step"):
         steps.run_step({"step": "dance"}, None, None, None)
+
+
+def test_the_handler_dispatches_steps_and_a_failure_raises() -> None:
+    """functions/video_anonymize/app.py loaded as Lambda would: a plan for a missing object fails the step."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import boto3
+    from lambda_env import mock_lambda_env
+
+    app_py = Path(__file__).resolve().parents[2] / "functions" / "video_anonymize" / "app.py"
+    with mock_lambda_env(OUTPUT_BUCKET="video-out", WORK_BUCKET="video-work"):
+        boto3.client("s3").create_bucket(Bucket="video-in")
+        spec = importlib.util.spec_from_file_location("video_app", app_py)
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        context = SimpleNamespace(
+            function_name="video", memory_limit_in_mb=4096, aws_request_id="r1",
+            invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:video",
+        )  # fmt: skip
+        event = steps.execution_input("video-in", "missing.mp4", None, "e", 1) | {"step": "plan"}
+        with pytest.raises(Exception, match="404|Not Found"):
+            app.lambda_handler(event, context)
+        with pytest.raises(ValueError, match="unknown step"):
+            app.lambda_handler({"step": "dance"}, context)
