@@ -417,6 +417,14 @@ def test_api_failed_upload_says_why_with_the_whole_message(env, fake, api_handle
     assert _result(api_handler, upload_id, api_key_id="key-b")[0] == 404
 
 
+def test_api_urls_come_from_api_gateways_domain_not_a_forged_host_header(env, fake, api_handler):
+    event = load_event("api_uploads.json")
+    event["headers"]["Host"] = "evil.example"
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    body = json.loads(api_handler(event, FakeLambdaContext())["body"])
+    assert body["result"]["url"].startswith("https://a1b2c3d4e5.execute-api.eu-west-1.amazonaws.com/Prod/results/")
+
+
 def test_api_uploads_validate_options_early(env, fake, api_handler):
     event = api_event("POST", "/uploads", query={"effect": ["sparkle"]})
     response = api_handler(event, FakeLambdaContext())

@@ -353,7 +353,9 @@ def _base_url(event: Mapping[str, Any]) -> str:
     """``https://api-id.execute-api.region.amazonaws.com/stage`` (or the local server's URL)."""
     headers = event.get("headers") or {}
     ctx = event.get("requestContext") or {}
-    host = header(headers, "host") or ctx.get("domainName", "")
+    # API Gateway's own record of the domain first: a client's Host header must not steer the
+    # URLs handed back (result.url, Location, the OpenAPI servers entry)
+    host = ctx.get("domainName") or header(headers, "host")
     if not host:
         return ""
     proto = header(headers, "x-forwarded-proto", "https")
