@@ -46,10 +46,28 @@ if not BROWSER or not CHROMEDRIVER:  # one line in the summary, not one per test
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: pip install -e .[dev]")
 
 
+class GatewayApi(LocalApi):
+    """The local server with API Gateway's key check in front when ``required_key`` is set: as
+    deployed, every route but the page and its form answers 403 without the right x-api-key."""
+
+    required_key: str | None = None
+
+    def _invoke_api(self, event: dict) -> dict:
+        keyless = event["httpMethod"] == "GET" and event["path"] in ("/", "/options")
+        sent = {k.lower(): v for k, v in (event.get("headers") or {}).items()}.get("x-api-key")
+        if self.required_key and not keyless and sent != self.required_key:
+            return {
+                "statusCode": 403,
+                "headers": {"Content-Type": "application/json"},
+                "body": '{"message":"Forbidden"}',
+            }
+        return super()._invoke_api(event)
+
+
 @pytest.fixture(scope="module")
 def server():
     quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
-    with LocalApi(port=0, worker_interval=0.3, env_defaults=quiet) as api:
+    with GatewayApi(port=0, worker_interval=0.3, env_defaults=quiet) as api:
         yield api
 
 
@@ -277,25 +295,32 @@ def test_a_big_photo_goes_through_the_presigned_upload_with_a_progress_bar(
 
 def test_the_api_key_is_asked_once_kept_for_the_tab_and_sent_only_as_a_header(driver, server, shared_data):
     photo = shared_data / "faces" / "street-masks-dev" / "images" / FACE_PHOTO
-    open_page(driver, server)
-    driver.get_log("performance")  # forget the requests so far
-    driver.find_element("id", "key-button").click()
-    assert driver.find_element("id", "keybox").is_displayed()
-    assert driver.switch_to.active_element.get_attribute("id") == "api-key"  # focus goes to the field
-    driver.switch_to.active_element.send_keys("k3y-for-this-tab\n")
-    assert not driver.find_element("id", "keybox").is_displayed()
-    assert driver.execute_script("return sessionStorage.getItem('anonymizer.apiKey')") == "k3y-for-this-tab"
-    drop_file(driver, photo)  # dragged in this time, not chosen
-    item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
-    wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the result")
+    server.required_key = "k3y-for-this-tab"
+    try:
+        open_page(driver, server)
+        driver.execute_script("sessionStorage.clear()")
+        open_page(driver, server)  # the page and its form need no key
+        assert not driver.find_element("id", "keybox").is_displayed()
+        driver.get_log("performance")  # forget the requests so far
+        drop_file(driver, photo)  # dragged in this time, not chosen: 403, so the page asks for the key
+        wait_for(lambda: driver.find_element("id", "keybox").is_displayed(), "the key to be asked for")
+        assert driver.switch_to.active_element.get_attribute("id") == "api-key"  # focus goes to the field
+        driver.switch_to.active_element.send_keys("k3y-for-this-tab\n")
+        item = wait_for(lambda: item_named(driver, FACE_PHOTO), "the photo's entry")
+        wait_for(lambda: item.find_elements("css selector", "input.compare-slider"), "the result after the key")
+        assert not driver.find_element("id", "keybox").is_displayed()
+        assert driver.execute_script("return sessionStorage.getItem('anonymizer.apiKey')") == "k3y-for-this-tab"
+        drop_file(driver, photo)  # a second file: the key is not asked again
+        wait_for(lambda: len(driver.find_elements("css selector", "#files input.compare-slider")) == 2, "2 results")
+        assert not driver.find_element("id", "keybox").is_displayed()
+    finally:
+        server.required_key = None
 
     sent = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
     requests = [m["params"]["request"] for m in sent if m["method"] == "Network.requestWillBeSent"]
     api_calls = [r for r in requests if r["url"].startswith(server.url + "/anonymize")]
-    assert api_calls, [r["url"] for r in requests]
-    for request in api_calls:
-        headers = {k.lower(): v for k, v in request["headers"].items()}
-        assert headers.get("x-api-key") == "k3y-for-this-tab", request["url"]
+    keys = [{k.lower(): v for k, v in r["headers"].items()}.get("x-api-key") for r in api_calls]
+    assert keys == [None, "k3y-for-this-tab", "k3y-for-this-tab"], keys  # refused once, then sent with each
     assert not [r["url"] for r in requests if "k3y" in r["url"]]  # never in a URL
     assert all(r["url"].startswith((server.url, "blob:", "data:")) for r in requests)  # only its own API
 
