@@ -114,3 +114,17 @@ def test_large_faces_in_large_images_are_found_by_the_coarse_pass(astronaut_bgr,
     face_x, face_y = 220 / 512 * side, 120 / 512 * side  # the astronaut's face centre
     assert any(abs((d.box[0] + d.box[2]) / 2 - face_x) < side * 0.1 and abs((d.box[1] + d.box[3]) / 2 - face_y)
                < side * 0.1 and d.box[2] - d.box[0] > side * 0.12 for d in found), found  # fmt: skip
+
+
+@pytest.mark.parametrize(("size", "closeup"), [((960, 640), True), ((4000, 3000), True), ((400, 300), False)])
+def test_closeup_pass_is_added_only_where_every_pass_sees_the_image_big(size, closeup):
+    """A plate filling half of a car-listing photo is found by a pass at ``closeup_side``; small
+    images already run that small, so they get no extra pass."""
+    from dataclasses import replace
+
+    base = CenterNetDetector(replace(get_detector("plate").card, closeup_side=None), MODELS_DIR)
+    plain = base.plan(*size)
+    base.card = replace(base.card, closeup_side=320)
+    passes = base.plan(*size)
+    extra = Pass(320 / max(size), 0, 0, *size)
+    assert passes == ([*plain, extra] if closeup else plain)

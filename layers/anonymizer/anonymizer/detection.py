@@ -63,6 +63,7 @@ class ModelCard:
     screen_threshold: float | None = None  # heatmap level of the screening run that sends a spot to the full pass
     screen_margin: int = 32  # px of network input kept around such a spot (the object and its context)
     box_adjust: tuple[float, float, float] = (0.0, 1.0, 1.0)  # dy (of height), width and height factors
+    closeup_side: int | None = None  # an extra pass at this long side for close-ups (objects of half the image)
     verifier: str | None = None  # card of a second-stage classifier that must confirm each box (verification.py)
 
     @classmethod
@@ -120,6 +121,18 @@ class CenterNetDetector:
         tiles, so memory stays bounded — plus a coarse pass with the long side at ``coarse_side``
         for objects too large for the fine pass to see whole. Big fine passes are screened.
         """
+        return self._with_closeup(self._passes(width, height, min_size), width, height)
+
+    def _with_closeup(self, passes: list[Pass], width: int, height: int) -> list[Pass]:
+        """Plus a pass at ``closeup_side`` when every pass sees the image much bigger than that: an
+        object filling half the image (a car-listing close-up) is then seen at a size it was trained on."""
+        side = self.card.closeup_side
+        scale = side / max(width, height) if side else 0.0
+        if not side or min(p.scale for p in passes) < 1.5 * scale:
+            return passes
+        return [*passes, Pass(scale, 0, 0, width, height)]
+
+    def _passes(self, width: int, height: int, min_size: float | None) -> list[Pass]:
         min_size = self.card.min_object if min_size is None else min_size
         scale = working_scale(width, height, self.card.min_side, self.card.max_side)
         fine = min(MAX_UPSCALE, self.card.min_detectable / min_size)
