@@ -94,6 +94,7 @@ def run_workflow(args: argparse.Namespace) -> int:
             single_seconds=0,
             workers=args.workers,
             stream=sys.stdout,
+            verbose=True,
         )
         seconds = time.perf_counter() - t0
         frames_out = len(scan(out / "long.mp4")[0]) if (out / "long.mp4").exists() else 0

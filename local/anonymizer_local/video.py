@@ -115,6 +115,7 @@ def run_video_workflow(
     single_seconds: float = 120.0,
     workers: int = 2,
     stream: TextIO | None = None,
+    verbose: bool = False,
 ) -> dict[str, int]:
     """``anonymize local-run`` for videos: the video state machine's own definition walked
     locally (plan, the segments side by side, join) with the video function's steps, against
@@ -148,11 +149,16 @@ def run_video_workflow(
             walked: list[str] = []
             started = time.perf_counter()
 
+            def trace(name: str, walked: list[str] = walked, started: float = started) -> None:
+                walked.append(name)
+                if verbose:
+                    print(f"  {time.perf_counter() - started:7.1f} s  {name}", file=stream, flush=True)
+
             def invoke(payload: dict) -> dict:
                 return steps.run_step(payload, s3, config, lambda: anonymizer)
 
             try:
-                result = local_run.run(local_run.load_definition(), data, invoke, workers=workers, trace=walked.append)
+                result = local_run.run(local_run.load_definition(), data, invoke, workers=workers, trace=trace)
                 summary = result["result"]["result"]
                 s3.download_file(config.output_bucket, key, str(output / key))
                 done += 1

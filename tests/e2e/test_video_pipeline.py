@@ -16,7 +16,15 @@ from anonymizer.options import Options
 from anonymizer.pipeline import Anonymizer, expand_box
 from anonymizer.video import io
 from anonymizer.video.evaluation import clip_figures, found_objects
-from anonymizer.video.pipeline import VideoSettings, anonymize_video, covered_boxes, detect_tracks
+from anonymizer.video.pipeline import (
+    Detected,
+    VideoSettings,
+    anonymize_video,
+    covered_boxes,
+    detect_tracks,
+    render,
+    video_report,
+)
 
 pytest.importorskip("av")
 
@@ -47,12 +55,23 @@ def faces_clip(shared_data: Path, tmp_path_factory) -> tuple[Path, list]:
     return path, labels
 
 
+FACES = Options(targets=("face",))
+
+
 @pytest.fixture(scope="module")
-def anonymized(faces_clip, anonymizer: Anonymizer, tmp_path_factory) -> tuple[Path, dict]:
+def detected(faces_clip, anonymizer: Anonymizer) -> Detected:
+    """Pass 1 once for the output checks and the figures (detector on every frame)."""
+    return detect_tracks(anonymizer, faces_clip[0], FACES, VideoSettings())
+
+
+@pytest.fixture(scope="module")
+def anonymized(faces_clip, anonymizer: Anonymizer, detected: Detected, tmp_path_factory) -> tuple[Path, dict]:
+    """Pass 2 and the report, as anonymize_video runs them (anonymize_video itself: the tests below)."""
     src, _ = faces_clip
     out = tmp_path_factory.mktemp("out") / "pan.mp4"
-    report = anonymize_video(anonymizer, src, out, Options(targets=("face",)), VideoSettings(report_boxes=True))
-    return out, report
+    settings = VideoSettings(report_boxes=True)
+    rendered = render(src, out, detected, FACES, settings)
+    return out, video_report(anonymizer, io.probe_video(src), detected, rendered, FACES, settings, 1.0)
 
 
 def test_output_plays_to_the_end_with_same_frames_duration_and_audio(faces_clip, anonymized) -> None:
@@ -93,9 +112,7 @@ def test_faces_are_changed_in_the_output(faces_clip, anonymized) -> None:
             assert np.abs(crop_a - crop_b).mean() > 3, f"frame {a.index}: a face left as it was"
 
 
-def _figures(anonymizer, clip, settings: VideoSettings) -> dict[str, dict]:
-    src, labels = clip
-    detected = detect_tracks(anonymizer, src, Options(targets=("face",)), settings)
+def _figures(detected: Detected, labels: list, settings: VideoSettings) -> dict[str, dict]:
     found: dict[int, list] = {}
     for track in detected.tracks:  # what the image detector alone finds, frame by frame
         for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
@@ -111,10 +128,13 @@ def _figures(anonymizer, clip, settings: VideoSettings) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("every", [1, 3])
-def test_smoothing_leaves_no_found_face_bare(anonymizer, faces_clip, every: int) -> None:
+def test_smoothing_leaves_no_found_face_bare(anonymizer, faces_clip, detected, every: int) -> None:
     """Detected only on frames (every k-th, at the full threshold): blinks leave faces bare.
     Tracks smoothed both ways: 0 bare frames for every face found at least once."""
-    figures = _figures(anonymizer, faces_clip, VideoSettings(detect_every=every))
+    settings = VideoSettings(detect_every=every)
+    if every != 1:
+        detected = detect_tracks(anonymizer, faces_clip[0], FACES, settings)
+    figures = _figures(detected, faces_clip[1], settings)
     print(f"\nfaces pan/zoom clip, detect every {every}:", json.dumps(figures))
     per_frame, smoothed = figures["per-frame"], figures["smoothed"]
     assert smoothed["found_objects"] >= 6

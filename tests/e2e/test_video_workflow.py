@@ -50,7 +50,7 @@ CONFIG = steps.VideoFlowConfig(
     output_bucket=OUT,
     work_bucket=WORK,
     defaults=Options(targets=("face",)),
-    settings=VideoSettings(tracks=TrackSettings(max_gap=5, pad=4)),  # 9 frames of context per side
+    settings=VideoSettings(detect_every=2, tracks=TrackSettings(max_gap=5, pad=4)),  # 9 frames of context per side
     segment_seconds=0.64,  # 32 frames at 25 fps: two parts of 16 frames
     single_seconds=1.0,
 )
@@ -95,10 +95,10 @@ def test_whole_workflow_publishes_one_joined_video(s3, clip, anonymizer, tmp_pat
 
 
 def test_a_failed_segment_publishes_nothing(s3, clip, anonymizer) -> None:
-    invoke, calls = _invoke(s3, anonymizer, fail_segment=1)
+    invoke, calls = _invoke(s3, anonymizer, fail_segment=0)
     with pytest.raises(local_run.StateMachineFailed, match="VideoFailed"):
-        local_run.run(local_run.load_definition(), _start(s3, clip), invoke)
-    assert "join" not in calls and calls[-1] == "fail"
+        local_run.run(local_run.load_definition(), _start(s3, clip), invoke, workers=1)
+    assert calls == ["plan", "segment", "fail"]  # the Map stops launching segments at the first failure
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=OUT).get("Contents", [])]
     assert keys == [KEY + ".report.json"]  # the failure report only
     report = json.loads(s3.get_object(Bucket=OUT, Key=KEY + ".report.json")["Body"].read())

@@ -134,22 +134,27 @@ def _call(invoke: Invoke, payload: Any) -> Any:
 
 
 def _map(state: dict[str, Any], data: Any, invoke: Invoke, workers: int, trace) -> list[Any]:
+    """Items side by side; with ToleratedFailurePercentage 0 the first failure stops the items
+    not started yet (as Step Functions stops launching child executions) and fails the Map."""
     items = _path(data, state["ItemsPath"], {})
     processor = state["ItemProcessor"]
+    failures: list[StateMachineFailed] = []
 
     def one(index: int) -> Any:
+        if failures:
+            return None  # not started: the Map has failed already
         context = {"Map": {"Item": {"Index": index, "Value": items[index]}}}
         item = _fill(state["ItemSelector"], data, context) if "ItemSelector" in state else items[index]
-        return run(processor, item, invoke, workers=1, context=context, trace=trace)
+        try:
+            return run(processor, item, invoke, workers=1, context=context, trace=trace)
+        except StateMachineFailed as exc:
+            failures.append(exc)
+            raise
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(one, i) for i in range(len(items))]
-        results, failed = [], None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except StateMachineFailed as exc:
-                failed = failed or exc
-    if failed is not None:  # ToleratedFailurePercentage 0: one failed item fails the Map
-        raise _TaskError("States.ExceedToleratedFailureThreshold", f"{failed.error}: {failed.cause}")
+        results = [future.result() for future in futures if future.exception() is None]
+    if failures:
+        first = failures[0]
+        raise _TaskError("States.ExceedToleratedFailureThreshold", f"{first.error}: {first.cause}")
     return results
