@@ -153,3 +153,46 @@ def test_sample_events_are_valid_json():
     } <= names
     for name in names:
         json.loads((events / name).read_text())
+
+
+# -- the dev server's request checks (no server needed) -----------------------------------------
+
+
+def _headers(*pairs: tuple[str, str]):
+    from email.message import Message
+
+    message = Message()
+    for name, value in pairs:
+        message[name] = value
+    return message
+
+
+@pytest.mark.parametrize(
+    ("pairs", "length", "status"),
+    [
+        ((), 0, None),
+        ((("Content-Length", "12"),), 12, None),
+        ((("Content-Length", "12"), ("Content-Length", "12")), 12, None),
+        ((("Content-Length", "abc"),), 0, 400),
+        ((("Content-Length", "-1"),), 0, 400),
+        ((("Content-Length", "+5"),), 0, 400),
+        ((("Content-Length", "12"), ("Content-Length", "13")), 0, 400),  # request smuggling shape
+        ((("Content-Length", str(20 * 1024 * 1024)),), 0, 413),
+        ((("Transfer-Encoding", "chunked"),), 0, 411),
+    ],
+)
+def test_content_length_is_read_only_when_it_is_one_plain_number(pairs, length, status):
+    from anonymizer_local.server import _content_length
+
+    got, problem = _content_length(_headers(*pairs))
+    assert got == length and (problem[0] if problem else None) == status
+
+
+def test_the_host_the_api_sees_is_the_server_itself():
+    from anonymizer_local.server import _forwarded_headers
+
+    forged = _headers(("Host", "evil.example"), ("X-Forwarded-Host", "evil"), ("X-Forwarded-Proto", "https"))
+    headers = _forwarded_headers(forged, ("127.0.0.1", 8080))
+    assert headers["Host"] == "127.0.0.1:8080" and headers["X-Forwarded-Proto"] == "http"
+    assert "evil" not in json.dumps(headers)
+    assert api_flow._base_url({"headers": headers, "requestContext": {"stage": "local"}}) == "http://127.0.0.1:8080"
