@@ -1,4 +1,4 @@
-"""OpenCV as the decoder and encoder of the classic formats (JPEG, PNG, WebP, TIFF, GIF, BMP)."""
+"""OpenCV as the decoder and encoder of the classic formats (JPEG, PNG, WebP, TIFF, GIF, BMP), and AVIF's decoder."""
 
 from __future__ import annotations
 
