@@ -224,7 +224,7 @@ def choose(val: dict, probs: np.ndarray, cache: Path, base_threshold: float = 0.
             if weight == 0 and floor == 0:
                 continue
             final = verified_scores(val["scores"], probs, weight, floor)
-            for threshold in (0.08, 0.1, 0.12, 0.15):
+            for threshold in (0.08, 0.1, 0.11, 0.12, 0.125, 0.13, 0.14, 0.15):
                 f = street_figures(val, final, cache, threshold)
                 cars = car_false(val, final, threshold)
                 mean = float(np.mean(list(cars.values())))
@@ -242,11 +242,14 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    train_set, val = build("train", args.cache), build("val", args.cache)
+    val = build("val", args.cache)
+    train_set = build("train", args.cache) if not args.from_checkpoint else {k: val[k][:1] for k in val}
     x, y = to_tensor(train_set["crops"]), torch.from_numpy(train_set["labels"]).float()
     xv = to_tensor(val["crops"])
     print(f"train: {int(y.sum())} positives, {int((1 - y).sum())} negatives; val: {len(xv)} crops", flush=True)
     model = TinyVerifier(args.width)
+    if args.init:  # continue from earlier weights (e.g. a first model trained before the audit was done)
+        model.load_state_dict(torch.load(args.init))
     if args.from_checkpoint:  # the operating point and the export again, without training
         model.load_state_dict(torch.load(args.cache / "face_verifier.pt"))
         args.epochs = 0
@@ -298,7 +301,8 @@ def write_card(model: Path, sha: str, point: dict, args) -> None:
         "chosen_on": "validation parts never trained on: street-masks-dev odd ids, held-out car photos",
         "validation": {"detector_alone": point["base"], "chosen": chosen},
         "recipe": "python -m training.face_verifier_data && python -m training.train_face_verifier "
-        f"--epochs {args.epochs} --width {args.width} --seed {args.seed}",
+        f"--epochs {args.epochs} --width {args.width} --seed {args.seed}"
+        + (f" --init {args.init.name}" if args.init else ""),
     }
     model.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
 
@@ -329,6 +333,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="start from these weights (a state_dict)")
     parser.add_argument("--from-checkpoint", action="store_true", help="no training: export the cached weights")
     train(parser.parse_args())
 

@@ -108,8 +108,16 @@ def test_the_detector_keeps_only_what_its_verifier_confirms(astronaut_bgr, face_
     )
     expected = [replace(d, score=float(v)) for d, v in zip(proposals, rescored, strict=True) if v >= 0.05]
     assert verified == expected  # same boxes, rescored, those under the threshold gone
-    assert len(verified) < len(proposals), "the astronaut picture has weak proposals on the suit and background"
-    assert any(d.score >= face_card.threshold for d in verified), "the astronaut's face stays"
+    assert [d.box for d in get_detector("face").detect(astronaut_bgr)] == [proposals[0].box]  # one face
+
+
+def test_a_confident_box_on_no_face_is_dropped(astronaut_bgr):
+    """What the stage is for: the detector's score alone does not put a box through."""
+    face = max(get_detector("face").detect(astronaut_bgr), key=lambda d: d.score)
+    shuttle = Detection("face", 0.9, (420.0, 40.0, 500.0, 120.0))  # the model space shuttle, top right
+    stripes = Detection("face", 0.9, (30.0, 300.0, 90.0, 360.0))  # the flag's stripes, left
+    kept = get_detector("face").verify(astronaut_bgr, [face, shuttle, stripes], get_detector("face").card.threshold)
+    assert [d.box for d in kept] == [face.box] and kept[0].score <= face.score
 
 
 def test_verify_passes_everything_through_without_a_verifier(face_card):
