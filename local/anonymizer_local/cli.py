@@ -6,7 +6,6 @@
     anonymize local-run [INPUT...] -o OUTDIR    the whole S3 flow on moto's S3 server
     anonymize serve                             the API on http://127.0.0.1:8080
     anonymize backfill s3://BUCKET/PREFIX       what a bucket already holds, with S3 Batch Operations
-    anonymize backfill s3://BUCKET/PREFIX       what a bucket already holds, with S3 Batch Operations
 
 Options come from the option table (``anonymizer.options``): a flag per key, ``--set KEY=VALUE``,
 and ``ANONYMIZER_<KEY>`` environment defaults, in that order of precedence (flags win).
@@ -45,7 +44,6 @@ from anonymizer.options import (
     parse_settings,
 )
 
-from . import backfill_cli
 from . import backfill_cli
 from .files import SUFFIX_FOR_FORMAT, InputFile, OutputClaims, expand_inputs, output_name, plan_inputs, write_atomically
 
@@ -598,7 +596,6 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(_eval_arguments, _cmd_eval, "Recall, precision and AP50 against a COCO folder."),
     "local-run": Command(_local_run_arguments, _cmd_local_run, "The whole S3 flow locally, on moto."),
     "serve": Command(_serve_arguments, _cmd_serve, "The API on localhost."),
-    "backfill": Command(backfill_cli.arguments, backfill_cli.run, backfill_cli.DESCRIPTION),
     "backfill": Command(backfill_cli.arguments, backfill_cli.run, backfill_cli.DESCRIPTION),
 }
 
