@@ -802,9 +802,19 @@ def test_template_every_api_route_requires_a_key_and_a_usage_plan(tpl):
             props = event["Properties"]
             # without RestApiId SAM creates an implicit API that has no key
             assert props.get("RestApiId", {}).get("Ref") in apis, f"{name}.{event_name} is on an implicit API"
-            assert props.get("Auth", {}).get("ApiKeyRequired", True) is True, f"{name}.{event_name} opts out of the key"
-            routes.add((props["Method"].upper(), props["Path"]))
-    assert routes == {("POST", "/anonymize"), ("GET", "/openapi.json"), ("POST", "/uploads"), ("GET", "/results/{id}")}
+            route = (props["Method"].upper(), props["Path"])
+            keyless = route in {("GET", "/"), ("GET", "/options")}  # the web page and its form: no image, no data
+            key = props.get("Auth", {}).get("ApiKeyRequired", True)
+            assert key is not keyless, f"{name}.{event_name}: API key required = {key}"
+            routes.add(route)
+    assert routes == {
+        ("POST", "/anonymize"),
+        ("GET", "/openapi.json"),
+        ("POST", "/uploads"),
+        ("GET", "/results/{id}"),
+        ("GET", "/"),
+        ("GET", "/options"),
+    }
 
 
 def test_template_never_logs_events(tpl):
