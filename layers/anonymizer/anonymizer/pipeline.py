@@ -168,8 +168,7 @@ class Anonymizer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         decoded = self._decode(data, options, timings)
-        thresholds = self.thresholds(options)
-        detections = self._detect(decoded.pixels, options, timings, thresholds=thresholds)
+        detections = self._detect(decoded.pixels, options, timings)
 
         t0 = time.perf_counter()
         pixels = decoded.pixels
@@ -194,7 +193,7 @@ class Anonymizer:
         timings["total"] = elapsed_ms(started)
 
         report = self._report(
-            decoded, records, options, thresholds, timings, OutputSummary(out_format, len(out), quality)
+            decoded, records, options, self.thresholds(options), timings, OutputSummary(out_format, len(out), quality)
         )
         return Result(out, imageio.CONTENT_TYPES[out_format], out_format, report)
 
@@ -207,11 +206,10 @@ class Anonymizer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         decoded = self._decode(data, options, timings)
-        thresholds = self.thresholds(options, min_score)
-        detections = self._detect(decoded.pixels, options, timings, thresholds=thresholds)
+        detections = self._detect(decoded.pixels, options, timings, min_score)
         timings["total"] = elapsed_ms(started)
         records = [DetectionRecord(d.label, d.score, d.box) for d in detections]
-        return self._report(decoded, records, options, thresholds, timings)
+        return self._report(decoded, records, options, self.thresholds(options, min_score), timings)
 
     def thresholds(self, options: Options, min_score: float | None = None) -> dict[str, float]:
         """The score each class is cut at: ``min_score``, else the request's, else the model card's."""
@@ -231,15 +229,16 @@ class Anonymizer:
         return decoded
 
     def _detect(
-        self,
-        pixels: np.ndarray,
-        options: Options,
-        timings: dict,
-        min_score: float | None = None,
-        thresholds: dict[str, float] | None = None,
+        self, pixels: np.ndarray, options: Options, timings: dict, min_score: float | None = None
     ) -> list[Detection]:
-        thresholds = thresholds if thresholds is not None else self.thresholds(options, min_score)
-        wanted = {target: (thresholds[target], options.for_target(target).min_size) for target in options.targets}
+        """Unset thresholds stay None here: each detector applies its own card's, the value that
+        ``thresholds`` reports afterwards (looking it up first would load every model before the
+        first one ran)."""
+        wanted = {}
+        for target in options.targets:
+            target_options = options.for_target(target)
+            threshold = min_score if min_score is not None else target_options.threshold
+            wanted[target] = (threshold, target_options.min_size)
         shared = self.shared_detector(tuple(wanted))
         if shared is not None:  # one network run serves every target where their passes coincide
             by_label = shared.detect(pixels, wanted, timings)
