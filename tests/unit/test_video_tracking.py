@@ -95,3 +95,24 @@ def test_report_dict_is_compact() -> None:
         "max_score": 0.9123,
         "boxes": [[0, 1, 3, 30, 20]],
     }
+
+
+def test_a_shrinking_box_is_not_extrapolated_smaller() -> None:
+    """A face leaving the frame is detected ever smaller; the padded frames keep its last size."""
+    settings = TrackSettings(pad=3, pad_grow=0.0)
+    tracker = Tracker(settings)
+    for f, (x1, x2) in enumerate([(0, 60), (0, 50), (0, 40)]):
+        tracker.update(f, [("face", 0.9, (x1, 100.0, x2, 160.0))])
+    (track,) = tracker.finish()
+    later = track_boxes(track, settings, 0, 10)[5]
+    assert later[2] - later[0] >= 40 and later[3] - later[1] >= 60
+
+
+def test_a_box_too_small_on_one_frame_takes_its_neighbours_size() -> None:
+    settings = TrackSettings(pad=0, size_window=2)
+    tracker = Tracker(settings)
+    for f, s in enumerate([40.0, 40.0, 20.0, 40.0]):  # frame 2: blurred, the box came out small
+        tracker.update(f, [("face", 0.9, (100 - s / 2, 100 - s / 2, 100 + s / 2, 100 + s / 2))])
+    (track,) = tracker.finish()
+    assert track_boxes(track, settings, 0, 4)[2] == pytest.approx((80.0, 80.0, 120.0, 120.0))
+    assert track_boxes(track, TrackSettings(pad=0, size_window=0), 0, 4)[2] == pytest.approx((90, 90, 110, 110))

@@ -140,9 +140,10 @@ def detect_tracks(
 
 
 def _covering_settings(settings: VideoSettings) -> TrackSettings:
+    """Without smoothing: the raw detection boxes, on their own frames only (the baseline)."""
     if settings.smooth:
         return settings.tracks
-    return replace(settings.tracks, pad=0)
+    return replace(settings.tracks, pad=0, size_window=0)
 
 
 def covered_boxes(

@@ -30,6 +30,7 @@ class TrackSettings:
     pad: int = 6  # frames covered before the first and after the last detection
     low_factor: float = 0.5  # track threshold = operating threshold x this
     pad_grow: float = 0.02  # padded boxes grow by this fraction per side per frame away
+    size_window: int = 2  # a box is as large as the largest of this many detections either side
 
 
 @dataclass
@@ -59,9 +60,13 @@ class Track:
         return tuple((q - p) / dt for p, q in zip(a, b, strict=True))  # type: ignore[return-value]
 
     def predict(self, frame: int) -> Box:
+        """The last box, its centre moved with the track's velocity (its size kept: a size change
+        extrapolated over a few frames collapses or explodes a box)."""
         v = self.velocity()
         dt = frame - self.last
-        return tuple(b + d * dt for b, d in zip(self.boxes[-1], v, strict=True))  # type: ignore[return-value]
+        dx, dy = (v[0] + v[2]) / 2 * dt, (v[1] + v[3]) / 2 * dt
+        x1, y1, x2, y2 = self.boxes[-1]
+        return (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
 
     def to_dict(self, *, boxes: bool = False) -> dict:
         out = {
@@ -151,18 +156,24 @@ def _lerp(a: Box, b: Box, t: float) -> Box:
 
 
 def _padded(box: Box, velocity: Box, steps: int, grow: float) -> Box:
-    """``box`` moved ``steps`` frames along ``velocity`` (negative: backwards), grown with distance."""
-    x1, y1, x2, y2 = (b + v * steps for b, v in zip(box, velocity, strict=True))
-    g = grow * abs(steps)
-    dx, dy = (x2 - x1) * g, (y2 - y1) * g
-    return (x1 - dx, y1 - dy, x2 + dx, y2 + dy)
+    """``box`` moved ``steps`` frames along ``velocity`` (negative: backwards), grown with distance.
+
+    Only the centre follows the motion; the size never shrinks below the detected box (a face
+    leaving the frame is detected ever smaller: extrapolating that would uncover it).
+    """
+    moved = [b + v * steps for b, v in zip(box, velocity, strict=True)]
+    cx, cy = (moved[0] + moved[2]) / 2, (moved[1] + moved[3]) / 2
+    w = max(box[2] - box[0], moved[2] - moved[0]) * (1 + 2 * grow * abs(steps))
+    h = max(box[3] - box[1], moved[3] - moved[1]) * (1 + 2 * grow * abs(steps))
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
 
 
 def track_boxes(track: Track, settings: TrackSettings, start: int, stop: int) -> dict[int, Box]:
     """The box to cover on every frame of ``[start, stop)`` where ``track`` is present:
-    detections as they are, gaps interpolated, ``pad`` frames extrapolated at both ends."""
+    detections (each as large as the largest of its ``size_window`` neighbours on either side),
+    gaps interpolated, ``pad`` frames extrapolated at both ends."""
     out: dict[int, Box] = {}
-    frames, boxes = track.frames, track.boxes
+    frames, boxes = track.frames, _steady_sizes(track.boxes, settings.size_window)
     lo, hi = max(start, track.first - settings.pad), min(stop, track.last + settings.pad + 1)
     if lo >= hi:
         return out
@@ -180,6 +191,22 @@ def track_boxes(track: Track, settings: TrackSettings, start: int, stop: int) ->
             else:  # frames[j] < f < frames[j + 1]: a blink, filled
                 a, b = frames[j], frames[j + 1]
                 out[f] = _lerp(boxes[j], boxes[j + 1], (f - a) / (b - a))
+    return out
+
+
+def _steady_sizes(boxes: list[Box], window: int) -> list[Box]:
+    """Each box, centre kept, as wide and as tall as the largest within ``window`` detections on
+    either side: a blurred or half-visible frame often gets a box too small for the object, and
+    a box that swells and shrinks from frame to frame flickers."""
+    if window <= 0:
+        return boxes
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        near = boxes[max(0, i - window) : i + window + 1]
+        w = max(b[2] - b[0] for b in near)
+        h = max(b[3] - b[1] for b in near)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        out.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
     return out
 
 
