@@ -163,12 +163,19 @@ def face_calibration():
 
 
 def plate_calibration():
-    """The plate training's calibration images (training split, seed 0), at the plate working size."""
-    from training import plates_data
-    from training.train_plates import calibration_images
+    """The 50 plate images recorded in ``training/calibration_plates.json``, at the plate working size.
 
-    for blob in calibration_images(plates_data.load_parts()["train"], 50, 0):
-        yield {"input": blob}
+    A fixed list, not "the training split": the split grew with new sources, and other images would
+    move the shared trunk's int8 ranges and so change every face answer already measured."""
+    import cv2
+
+    from training import plates_data
+
+    roots = {s.name: s.root for s in plates_data.SOURCES}
+    listed = json.loads((ROOT / "training" / "calibration_plates.json").read_text())["images"]
+    for item in listed:
+        image = cv2.imread(str(Path(roots[item["source"]]) / item["file_name"]), cv2.IMREAD_COLOR)
+        yield {"input": plates_data.working_image(image)[0]}
 
 
 class Reader:

@@ -1,67 +1,104 @@
-"""Plate figures on the mixed validation split (never trained on), per source and per plate width.
+"""Plate figures on the mixed validation split (never trained on), per source and per plate width;
+and the operating threshold chosen there.
 
-Runs ``anonymize eval --targets plate --json`` on each source's validation ids from
-``training/splits.json`` (the product's own passes, thresholds and int8 models) and prints one
-Markdown table per measure, as in ``models/plate.md``:
+The same code as ``anonymize eval`` (``Anonymizer.detect_pixels`` with the product's passes and
+int8 models, ``anonymizer_local.evaluation.evaluate``), but each image is detected once, down to
+score 0.05, so every threshold of the grid is scored from the same detections:
 
-    python tools/plate_validation.py [--set plate.threshold=0.4] [--json build/plate-validation.json]
+    python tools/plate_validation.py                      # figures at the card's threshold
+    python tools/plate_validation.py --choose             # + the threshold the rule picks, and its figures
+    python tools/plate_validation.py --set plate.min_size=12 --json build/pv.json
+
+Rule (as before): the threshold maximising min(recall@0.5 / 0.95, precision@0.5 / 0.90) pooled over
+all validation plates; ties go to the lower threshold (privacy first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.plates_data import SOURCES, SPLITS  # noqa: E402
+from anonymizer import imageio  # noqa: E402
+from anonymizer.options import parse_options, parse_settings  # noqa: E402
+from anonymizer.pipeline import Anonymizer  # noqa: E402
+from anonymizer_local.evaluation import evaluate, load_coco  # noqa: E402
+from training.plates_data import SOURCES, read_splits  # noqa: E402
+
+FLOOR = 0.05
+GRID = np.round(np.arange(0.20, 0.801, 0.025), 3)
 
 
-def run_eval(root: str, name: str, settings: list[str]) -> dict:
-    cmd = [
-        str(Path(sys.executable).parent / "anonymize"),
-        "eval",
-        root,
-        "--targets",
-        "plate",
-        "--json",
-        "--ids",
-        SPLITS,
-        "--ids-key",
-    ]
-    cmd += [f"{name}.val_image_ids", *[a for s in settings for a in ("--set", s)]]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)["results"]["plate"]
+def detections(settings: dict[str, str]) -> dict[str, tuple[list, dict]]:
+    """Per source: (truths, {image_id: detections down to FLOOR}) on its validation ids."""
+    splits = read_splits()
+    options = parse_options({"targets": "plate", **settings})  # plates come out the same with faces on
+    engine = Anonymizer()
+    out = {}
+    for src in SOURCES:
+        if not Path(src.root, "annotations.json").exists():
+            continue
+        truths = load_coco(Path(src.root), splits[src.name]["val_image_ids"])
+        found = {}
+        for t in truths:
+            pixels = imageio.decode(t.path.read_bytes()).pixels
+            found[t.image_id] = engine.detect_pixels(pixels, options, FLOOR)
+        out[src.name] = (truths, found)
+        print(f"{src.name}: {len(truths)} images detected", file=sys.stderr)
+    return out
+
+
+def score(cache: dict, threshold: float) -> dict[str, dict]:
+    rows = {}
+    for name, (truths, found) in cache.items():
+        rows[name] = evaluate(truths, lambda t, f=found: f[t.image_id], ["plate"], {"plate": threshold})["plate"]
+    rows["all (pooled)"] = pooled(rows)
+    return rows
 
 
 def pooled(rows: dict[str, dict]) -> dict:
     """All sources together: recall and precision pooled over objects and detections."""
     objects = sum(r["objects"] for r in rows.values())
-    found = sum(r["recall@0.5"] * r["objects"] for r in rows.values())
     dets = sum(r["detections"] for r in rows.values())
-    hits = sum(r["precision@0.5"] * r["detections"] for r in rows.values())
-    widths = {}
+    widths: dict[str, dict] = {}
     for r in rows.values():
         for k, v in r["recall@0.5_by_width"].items():
             w = widths.setdefault(k, {"objects": 0, "found": 0.0})
             w["objects"] += v["objects"]
             w["found"] += (v["recall"] or 0) * v["objects"]
+    empty = sum(r["images_without"] for r in rows.values())
     return {
         "images": sum(r["images"] for r in rows.values()),
         "objects": objects,
-        "recall@0.5": round(found / objects, 4),
-        "precision@0.5": round(hits / max(dets, 1), 4),
-        "AP50": None,
         "threshold": next(iter(rows.values()))["threshold"],
+        "recall@0.5": round(sum(r["recall@0.5"] * r["objects"] for r in rows.values()) / objects, 4),
+        "precision@0.5": round(sum(r["precision@0.5"] * r["detections"] for r in rows.values()) / max(dets, 1), 4),
+        "AP50": None,
+        "detections": dets,
         "recall@0.5_by_width": {
             k: {"objects": v["objects"], "recall": round(v["found"] / v["objects"], 4) if v["objects"] else None}
             for k, v in widths.items()
         },
+        "images_without": empty,
+        "false_per_image_without": None,
     }
+
+
+def choose(cache: dict) -> tuple[float, dict]:
+    def rule(r: dict) -> float:
+        return min(r["recall@0.5"] / 0.95, r["precision@0.5"] / 0.90)
+
+    scored = [(t, score(cache, float(t))["all (pooled)"]) for t in GRID]
+    for t, r in scored:
+        print(f"  thr {t:.3f}  recall {r['recall@0.5']:.3f}  precision {r['precision@0.5']:.3f}", file=sys.stderr)
+    best = max(scored, key=lambda tr: (round(rule(tr[1]), 6), -tr[0]))
+    return float(best[0]), best[1]
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -73,7 +110,7 @@ def table(rows: dict[str, dict]) -> str:
         cells = [f"{w[b]['recall']:.3f} ({w[b]['objects']})" if w[b]["recall"] is not None else "—" for b in bins]
         ap = f"{r['AP50']:.3f}" if r["AP50"] is not None else "—"
         lines.append(
-            f"| {name} | {r['images']} | {r['objects']} | {r['threshold']:.2f} | {r['recall@0.5']:.3f} | "
+            f"| {name} | {r['images']} | {r['objects']} | {r['threshold']:.3f} | {r['recall@0.5']:.3f} | "
             f"{r['precision@0.5']:.3f} | {ap} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
@@ -82,14 +119,21 @@ def table(rows: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="option, as in the CLI")
+    ap.add_argument("--choose", action="store_true", help="also choose the threshold by the rule and show it")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     args = ap.parse_args(argv)
-    rows = {s.name: run_eval(s.root, s.name, args.set) for s in SOURCES if Path(s.root, "annotations.json").exists()}
-    rows["all (pooled)"] = pooled(rows)
-    print(table(rows))
+    settings = parse_settings(args.set)
+    cache = detections(settings)
+    card = Anonymizer().detector("plate").card.threshold
+    results = {"card": {"threshold": card, "rows": score(cache, card)}}
+    print(f"at the card's threshold {card}:\n{table(results['card']['rows'])}\n")
+    if args.choose:
+        thr, _ = choose(cache)
+        results["chosen"] = {"threshold": thr, "rows": score(cache, thr)}
+        print(f"chosen on validation: {thr}\n{table(results['chosen']['rows'])}\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

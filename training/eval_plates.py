@@ -139,9 +139,9 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-long", type=int, default=D.MIN_LONG_SIDE)
-    ap.add_argument("--choose", action="store_true", help="re-choose the threshold on the threshold-choice images")
+    ap.add_argument("--choose", action="store_true", help="re-choose the threshold on the mixed validation set")
     ap.add_argument("--speed", action="store_true", help="ms per 1080p image, 1 and 2 threads")
-    ap.add_argument("--sets", default="holdout_dashcam,holdout_web")
+    ap.add_argument("--sets", default=",".join(f"val/{s.name}" for s in D.SOURCES))
     ap.add_argument("--write-meta", action="store_true", help="store threshold/policy/results in plate.json")
     ap.add_argument("--checkpoint", help="evaluate a training checkpoint (.pt, exported to fp32 ONNX first)")
     args = ap.parse_args(argv)
@@ -163,7 +163,7 @@ def main(argv=None):
     if args.choose:
         thr, info = choose_threshold(
             args.model,
-            parts["thresh_dashcam"] + parts["thresh_web"],
+            parts["val"],
             args.threads,
             min_long=args.min_long,
             verbose=True,
@@ -176,7 +176,7 @@ def main(argv=None):
             with open(meta) as f:
                 thr = json.load(f)["threshold"]
     results = {}
-    for name in args.sets.split(","):
+    for name in [n for n in args.sets.split(",") if n in parts]:
         m = evaluate_model(args.model, parts[name], thr, args.threads, args.min_long)
         print(
             f"{name:16s} images {m['images']:3d} plates {m['plates']:3d}  recall@0.5 {m['recall50']:.3f}  "
@@ -190,7 +190,7 @@ def main(argv=None):
             meta = json.load(f)
         meta["threshold"] = float(thr)
         meta["input_policy"]["min_long_side"] = args.min_long
-        meta["heldout"] = results
+        meta["validation"] = results
         if args.choose:
             meta["threshold_choice"] = info
         with open(meta_path, "w") as f:

@@ -69,13 +69,19 @@ def torch_conv():
 
 
 def load_qdq_weights(model, onnx_path: str):
-    """Fill a ``CenterFaceNet(landmarks=False)`` from a QDQ plate (or face) model."""
+    """Fill a ``CenterFaceNet(landmarks=False)`` from a QDQ plate model, all but the shared trunk.
+
+    The trunk (features[0..3], the anonymous ``Conv_N`` nodes) stays as loaded from CenterFace's
+    fp32 file: it is frozen in training and must equal the face model's bit for bit, or the joint
+    face+plate model cannot be built (``tools/build_shared_model.py``)."""
     import torch
 
     convs, init = dequantized_initializers(onnx_path)
     mods = _modules_for(model, convs)
     folded = {id(up.deconv): up.bn for up in (model.up16, model.up8, model.up4)}
     for node, mod in zip(convs, mods, strict=True):
+        if "//" not in node.name:  # shared trunk: keep CenterFace's fp32 weights
+            continue
         w = init[node.input[1]]
         if tuple(w.shape) != tuple(mod.weight.shape):
             raise ValueError(f"{node.name}: {w.shape} vs {tuple(mod.weight.shape)}")

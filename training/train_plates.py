@@ -354,7 +354,7 @@ def main(argv=None):
         "name": "plate",
         "label": "plate",
         "file": "plate-int8.onnx",
-        "version": f"plate-centerface-ft-int8-{sha256(int8)[:8]}",
+        "version": f"plate-centerface-ft4-{sha256(fp32)[:8]}",
         "sha256": sha256(int8),
         **RUNTIME_POLICY,
         "format": "onnx int8 QDQ (per-channel weights, uint8 activations), opset 13",
