@@ -59,7 +59,12 @@ PACKAGE_DATA = ("models/*.onnx", "models/*.md", "models/*.json", "assets/*", "we
 # Laptop-only code lives in anonymizer_local (local/), never in the layer: these modules moved
 # there, and no layer file may name that package or the emulator's moto (--check and the build
 # refuse a layer that does).
-LAPTOP_ONLY_MODULES = ("anonymizer/cli.py", "anonymizer/evaluation.py", "anonymizer/aws/local.py")
+LAPTOP_ONLY_MODULES = (
+    "anonymizer/cli.py",
+    "anonymizer/evaluation.py",
+    "anonymizer/aws/local.py",
+    "anonymizer/video/local_run.py",
+)
 LAPTOP_ONLY_IMPORTS = ("anonymizer_local", "moto")
 
 # Must never be in the layer: the runtime provides them, and a second copy could shadow it.

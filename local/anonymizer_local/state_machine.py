@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-DEFINITION = Path(__file__).resolve().parents[4] / "functions" / "video_workflow" / "statemachine.asl.json"
+DEFINITION = Path(__file__).resolve().parents[2] / "functions" / "video_workflow" / "statemachine.asl.json"
 
 Invoke = Callable[[dict[str, Any]], Any]  # a Lambda payload -> its result
 

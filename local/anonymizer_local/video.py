@@ -126,7 +126,9 @@ def run_video_workflow(
 
     from anonymizer.aws.storage import option_metadata
     from anonymizer.pipeline import Anonymizer
-    from anonymizer.video import local_run, steps
+    from anonymizer.video import steps
+
+    from . import state_machine as local_run
 
     stream = stream or sys.stderr
     config = steps.VideoFlowConfig(

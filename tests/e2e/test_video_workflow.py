@@ -13,9 +13,10 @@ from video_clips import PHONE_TAGS, coco_objects, count_frames, pan_zoom, stream
 
 from anonymizer.options import Options
 from anonymizer.pipeline import Anonymizer
-from anonymizer.video import io, local_run, steps
+from anonymizer.video import io, steps
 from anonymizer.video.pipeline import VideoSettings
 from anonymizer.video.tracking import TrackSettings
+from anonymizer_local import state_machine as local_run
 
 pytest.importorskip("av")
 IN, OUT, WORK = "video-in", "video-out", "video-work"
