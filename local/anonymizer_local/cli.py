@@ -270,12 +270,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             result = anonymizer.anonymize(_read(item.path), options)
             target = output / output_name(item.relative, result.format)
-            if target.resolve() == item.path.resolve():
-                raise AnonymizerError("output would overwrite the original; choose another output folder")
-            owner = claims.claim(target, str(item.path))
-            if owner is not None:
-                raise AnonymizerError(f"its output {target} is already the output of {owner}; nothing written")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            claims.take(target, item.path)
             write_atomically(target, result.data)
             if args.report:
                 report = {"source": _shown_path(item), **result.report}

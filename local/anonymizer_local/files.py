@@ -101,6 +101,18 @@ class OutputClaims:
             self._claimed[key] = owner
         return None
 
+    def take(self, target: Path, source: Path) -> None:
+        """Claim ``target`` for ``source`` and make its folder, or refuse: it is the original itself,
+        or another input's output in this run (``AnonymizerError``; nothing is written then)."""
+        from anonymizer.errors import AnonymizerError
+
+        if target.resolve() == source.resolve():
+            raise AnonymizerError("output would overwrite the original; choose another output folder")
+        owner = self.claim(target, str(source))
+        if owner is not None:
+            raise AnonymizerError(f"its output {target} is already the output of {owner}; nothing written")
+        target.parent.mkdir(parents=True, exist_ok=True)
+
 
 def write_atomically(target: Path, data: bytes) -> None:
     """Never leave a half-written file behind: write a temporary file beside it, then rename."""

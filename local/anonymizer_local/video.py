@@ -86,12 +86,7 @@ def run_video(
     target = output / Path(item.relative).with_suffix(".mp4")
     bar = FrameProgress(item.path.name) if progress else None
     try:
-        if target.resolve() == item.path.resolve():
-            raise AnonymizerError("output would overwrite the original; choose another output folder")
-        owner = claims.claim(target, str(item.path))
-        if owner is not None:
-            raise AnonymizerError(f"its output {target} is already the output of {owner}; nothing written")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        claims.take(target, item.path)
         result = anonymize_video(anonymizer, item.path, target, options, settings, progress=bar)
         if report:
             data = json.dumps({"source": item.relative, **result}, indent=2, default=str)

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from api_routes import API_ROUTES, KEYLESS_ROUTES
 
 yaml = pytest.importorskip("yaml")
 
@@ -310,17 +311,10 @@ def test_api_function_routes_and_environment(tpl):
         ep = event["Properties"]
         assert ep["RestApiId"] == {"Ref": "AnonymizerApi"}
         route = (ep["Method"].upper(), ep["Path"])
-        keyless = route in {("GET", "/"), ("GET", "/options")}  # the web page and its form: no image, no data
+        keyless = route in KEYLESS_ROUTES
         assert ep.get("Auth", {}).get("ApiKeyRequired", True) is not keyless, f"{route}: key required != {not keyless}"
         routes.add(route)
-    assert routes == {
-        ("POST", "/anonymize"),
-        ("GET", "/openapi.json"),
-        ("POST", "/uploads"),
-        ("GET", "/results/{id}"),
-        ("GET", "/"),
-        ("GET", "/options"),
-    }
+    assert routes == API_ROUTES
     env = function_env(tpl, "ApiAnonymizeFunction")
     assert env["OUTPUT_BUCKET"] == {"Ref": "OutputBucket"}
     assert env["UPLOAD_BUCKET"] == {"Ref": "InputBucket"}
