@@ -199,3 +199,31 @@ def onnxruntime_reference(onnx_path: str, x: np.ndarray) -> list[np.ndarray]:
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(["537", "538", "539", "540"], {"input.1": x.astype(np.float32)})
+
+
+def export_onnx(model, path):
+    import torch
+
+    model = model.eval().float().cpu()
+    x = torch.zeros(1, 3, 320, 320)
+    kw = dict(
+        input_names=["input"],
+        output_names=["heatmap", "scale", "offset"],
+        opset_version=13,
+        dynamic_axes={
+            "input": {2: "H", 3: "W"},
+            "heatmap": {2: "h", 3: "w"},
+            "scale": {2: "h", 3: "w"},
+            "offset": {2: "h", 3: "w"},
+        },
+    )
+    try:
+        torch.onnx.export(model, (x,), path, dynamo=False, **kw)
+    except TypeError:
+        torch.onnx.export(model, (x,), path, **kw)
+    import onnx
+
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    m.producer_name = "anonymizer-training"
+    onnx.save(m, path)

@@ -150,8 +150,7 @@ def main(argv=None):
 
         import torch
 
-        from training.centerface_torch import CenterFaceNet
-        from training.train_plates import export_onnx
+        from training.centerface_torch import CenterFaceNet, export_onnx
 
         torch.set_num_threads(args.threads)
         net = CenterFaceNet(landmarks=False)

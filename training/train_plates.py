@@ -106,34 +106,6 @@ def losses(model, batch, device, amp):
 
 
 # ---------------------------------------------------------------------------------------------
-def export_onnx(model, path):
-    import torch
-
-    model = model.eval().float().cpu()
-    x = torch.zeros(1, 3, 320, 320)
-    kw = dict(
-        input_names=["input"],
-        output_names=["heatmap", "scale", "offset"],
-        opset_version=13,
-        dynamic_axes={
-            "input": {2: "H", 3: "W"},
-            "heatmap": {2: "h", 3: "w"},
-            "scale": {2: "h", 3: "w"},
-            "offset": {2: "h", 3: "w"},
-        },
-    )
-    try:
-        torch.onnx.export(model, (x,), path, dynamo=False, **kw)
-    except TypeError:
-        torch.onnx.export(model, (x,), path, **kw)
-    import onnx
-
-    m = onnx.load(path)
-    onnx.checker.check_model(m)
-    m.producer_name = "anonymizer-training"
-    onnx.save(m, path)
-
-
 def calibration_images(items, n=50, seed=0):
     rng = np.random.RandomState(seed)
     picks = [items[i] for i in rng.permutation(len(items))[:n]]
@@ -200,7 +172,7 @@ def main(argv=None):
 
     import torch
 
-    from training.centerface_torch import CenterFaceNet, load_onnx_weights
+    from training.centerface_torch import CenterFaceNet, export_onnx, load_onnx_weights
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

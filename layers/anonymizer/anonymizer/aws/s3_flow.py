@@ -216,7 +216,7 @@ def process_object(
     if ref.key.endswith("/") and not ref.size:
         return {**base, "status": "skipped", "reason": "folder marker"}
     if config.video_state_machine:  # videos have their own function and state machine
-        from ..video.steps import is_video_key, start_video
+        from ..video.start import is_video_key, start_video
 
         if is_video_key(ref.key):
             return start_video(config.video_state_machine, ref.bucket, ref.key, ref.version_id, ref.etag, ref.size)

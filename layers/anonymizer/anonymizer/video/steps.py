@@ -14,7 +14,6 @@ tags on the input) and deletes the work objects. The original is never touched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -31,6 +30,7 @@ from ..options import Options, options_from_env, parse_options
 from . import io
 from .pipeline import VideoSettings, anonymize_segment
 from .segments import DEFAULT_SEGMENT_SECONDS, JoinError, Plan, Segment, join_parts, plan_segments
+from .start import execution_input, is_video_key, job_id, start_video  # noqa: F401 (the steps' API)
 
 VIDEO_OPTION_KEYS = ("audio", "detect_every")  # video-only options, beside the image ones
 VIDEO_CONTENT_TYPE = "video/mp4"
@@ -64,18 +64,6 @@ class VideoFlowConfig:
             single_seconds=float(env.get("VIDEO_SINGLE_SECONDS", "120")),
             max_object_bytes=int(env.get("VIDEO_MAX_OBJECT_BYTES", 4 * 1024**3)),
         )
-
-
-def job_id(source: Mapping[str, Any]) -> str:
-    """Idempotent id of one object version: the same upload always maps to the same job."""
-    ident = json.dumps([source["bucket"], source["key"], source.get("version_id") or source.get("etag")])
-    return hashlib.sha256(ident.encode()).hexdigest()[:32]
-
-
-def execution_input(bucket: str, key: str, version_id: str | None, etag: str | None, size: int | None) -> dict:
-    """What the S3 flow hands the state machine for one video object."""
-    source = {"bucket": bucket, "key": key, "version_id": version_id, "etag": etag, "size": size}
-    return {"source": source, "job_id": job_id(source)}
 
 
 def _download(s3: Any, source: Mapping[str, Any], path: Path, max_bytes: int) -> dict[str, Any]:
@@ -283,26 +271,3 @@ def run_step(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymi
     if step == "fail":
         return fail(event, s3, config)
     raise ValueError(f"unknown step {step!r}")
-
-
-def is_video_key(key: str) -> bool:
-    """The S3 flow's router: video keys by extension, any case (the bytes are checked at plan)."""
-    return key.lower().endswith(io.VIDEO_EXTENSIONS)
-
-
-def start_video(
-    state_machine_arn: str, bucket: str, key: str, version_id: str | None, etag: str | None, size: int | None, sfn=None
-) -> dict[str, Any]:
-    """Start the video state machine for one object; the execution name is the job id, so a
-    repeated event for the same object version starts nothing (idempotent like the image flow)."""
-    if sfn is None:
-        import boto3
-
-        sfn = boto3.client("stepfunctions")
-    data = execution_input(bucket, key, version_id, etag, size)
-    base = {"bucket": bucket, "key": key, "version_id": version_id, "etag": etag}
-    try:
-        started = sfn.start_execution(stateMachineArn=state_machine_arn, name=data["job_id"], input=json.dumps(data))
-    except sfn.exceptions.ExecutionAlreadyExists:
-        return {**base, "status": "skipped", "reason": "video job already started", "job_id": data["job_id"]}
-    return {**base, "status": "video_started", "job_id": data["job_id"], "execution": started["executionArn"]}
