@@ -247,9 +247,15 @@ def runtime_provided_present(site: Path) -> list[str]:
 
 
 def function_dirs() -> dict[str, Path]:
+    """The functions deployed with this layer; a function built as a container image (it has a
+    Dockerfile: the video function, whose codecs do not fit beside the layer) carries its own."""
     if not FUNCTIONS_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(FUNCTIONS_DIR.iterdir()) if p.is_dir() and (p / "app.py").exists()}
+    return {
+        p.name: p
+        for p in sorted(FUNCTIONS_DIR.iterdir())
+        if p.is_dir() and (p / "app.py").exists() and not (p / "Dockerfile").exists()
+    }
 
 
 def size_rows(layers: dict[str, Path], functions: dict[str, Path]) -> list[dict]:
