@@ -24,7 +24,6 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
-    IdempotencyConfig,
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -43,11 +42,7 @@ storage = S3Storage(max_object_bytes=config.max_object_bytes)
 events = EventPublisher.from_env()  # EVENT_BUS_NAME: completion events (None: none sent)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 persistence_layer = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
-idempotency_config = IdempotencyConfig(
-    event_key_jmespath=s3_flow.IDEMPOTENCY_KEY_JMESPATH,
-    raise_on_no_idempotency_key=True,
-    expires_after_seconds=24 * 3600,
-)
+idempotency_config = s3_flow.idempotency_config()
 
 
 @idempotent_function(data_keyword_argument="ref", config=idempotency_config, persistence_store=persistence_layer)

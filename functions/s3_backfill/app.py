@@ -18,7 +18,6 @@ import os
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
-    IdempotencyConfig,
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -33,11 +32,7 @@ config = s3_flow.FlowConfig.from_env()
 storage = S3Storage(max_object_bytes=config.max_object_bytes)
 events = EventPublisher.from_env()
 persistence_layer = DynamoDBPersistenceLayer(table_name=os.environ["IDEMPOTENCY_TABLE"])
-idempotency_config = IdempotencyConfig(
-    event_key_jmespath=s3_flow.IDEMPOTENCY_KEY_JMESPATH,
-    raise_on_no_idempotency_key=True,
-    expires_after_seconds=24 * 3600,
-)
+idempotency_config = s3_flow.idempotency_config()
 
 
 @idempotent_function(data_keyword_argument="ref", config=idempotency_config, persistence_store=persistence_layer)

@@ -62,6 +62,18 @@ REPORT_SUFFIX = ".report.json"
 IDEMPOTENCY_KEY_JMESPATH = "[bucket, key, version_id || etag]"
 
 
+def idempotency_config():
+    """One idempotency record per object version (24 h), the same for the live S3 flow and a
+    backfill, so neither processes an object the other already did."""
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+
+    return IdempotencyConfig(
+        event_key_jmespath=IDEMPOTENCY_KEY_JMESPATH,
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=24 * 3600,
+    )
+
+
 class ConfigurationError(RuntimeError):
     """The deployment is misconfigured (e.g. output bucket == input bucket)."""
 

@@ -271,12 +271,7 @@ def anonymize_video(
     info = io.probe_video(src)
     io.check_supported(info, options.max_pixels)
     detected = detect_tracks(anonymizer, src, options, settings, total=info.frames, progress=progress)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    try:
-        rendered = render(src, tmp, detected, options, settings, progress=progress)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rendered = _render_atomically(src, dst, detected, options, settings, progress=progress)
     total_ms = elapsed_ms(started)
     return video_report(anonymizer, info, detected, rendered, options, settings, total_ms)
 
@@ -335,13 +330,7 @@ def anonymize_segment(
     settings.validate()
     started = time.perf_counter()
     detected = detect_tracks(anonymizer, src, options, settings, segment=segment, overlap=overlap)
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    try:
-        rendered = render(src, tmp, detected, options, settings, segment=segment)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rendered = _render_atomically(src, Path(dst), detected, options, settings, segment=segment)
     own = [
         t
         for t in detected.tracks
@@ -355,3 +344,15 @@ def anonymize_segment(
         "tracks": [t.to_dict(boxes=settings.report_boxes) for t in own],
         "timings_ms": {**detected.timings, **rendered["timings_ms"], "total": elapsed_ms(started)},
     }
+
+
+def _render_atomically(src: Path, dst: Path, detected, options, settings, **kwargs):
+    """``render`` into a temporary file beside ``dst``, renamed only when complete: a half-written
+    video is never left where an output is expected."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    try:
+        rendered = render(src, tmp, detected, options, settings, **kwargs)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rendered
