@@ -43,6 +43,7 @@ from anonymizer.options import (
     parse_options,
     parse_settings,
 )
+from anonymizer.video import DETECT_EVERY
 
 from . import backfill_cli
 from .files import SUFFIX_FOR_FORMAT, InputFile, OutputClaims, expand_inputs, output_name, plan_inputs, write_atomically
@@ -207,7 +208,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--audio", choices=("keep", "drop"), default="keep", help="videos: audio copied or dropped")
     parser.add_argument(
-        "--detect-every", type=_int_between(1, 10), default=1, help="videos: detector on every k-th frame (default 1)"
+        "--detect-every",
+        type=_int_between(1, 10),
+        default=DETECT_EVERY,
+        help="videos: detector on every k-th frame, and on each frame where objects come or go (default %(default)s)",
     )
     parser.add_argument("--report", action="store_true", help="also write NAME.report.json beside each output")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)

@@ -116,3 +116,33 @@ def test_a_box_too_small_on_one_frame_takes_its_neighbours_size() -> None:
     (track,) = tracker.finish()
     assert track_boxes(track, settings, 0, 4)[2] == pytest.approx((80.0, 80.0, 120.0, 120.0))
     assert track_boxes(track, TrackSettings(pad=0, size_window=0), 0, 4)[2] == pytest.approx((90, 90, 110, 110))
+
+
+THRESHOLDS = {"face": 0.5, "plate": 0.5}
+
+
+def test_a_look_that_sees_the_same_objects_is_steady() -> None:
+    """Four frames apart, moved along its motion: the frames between may go unlooked."""
+    tracker = Tracker()
+    tracker.update(0, [("face", 0.9, _box(0))])
+    assert tracker.steady(4, [("face", 0.9, _box(12))], since=0, thresholds=THRESHOLDS)
+
+
+def test_a_new_or_lost_object_is_not_steady() -> None:
+    """An object that appears or is lost between two looks makes the frames between looked at."""
+    tracker = Tracker()
+    tracker.update(0, [("face", 0.9, _box(0))])
+    both = [("face", 0.9, _box(0)), ("face", 0.9, _box(300))]
+    assert not tracker.steady(4, both, since=0, thresholds=THRESHOLDS)  # appeared
+    assert not tracker.steady(4, [], since=0, thresholds=THRESHOLDS)  # lost
+    assert not tracker.steady(4, [("plate", 0.9, _box(0))], since=0, thresholds=THRESHOLDS)  # another label
+
+
+def test_weak_detections_coming_and_going_stay_steady() -> None:
+    """Below the full threshold a detection only extends tracks: its blinks cost no dense look."""
+    tracker = Tracker()
+    tracker.update(0, [("face", 0.9, _box(0)), ("plate", 0.3, _box(300))])
+    assert tracker.steady(4, [("face", 0.9, _box(0))], since=0, thresholds=THRESHOLDS)  # weak one gone
+    weak_new = [("face", 0.9, _box(0)), ("plate", 0.3, _box(300)), ("face", 0.3, _box(600))]
+    assert tracker.steady(4, weak_new, since=0, thresholds=THRESHOLDS)
+    assert tracker._active and len(tracker._active) == 2  # steady() links nothing

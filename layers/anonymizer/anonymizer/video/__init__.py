@@ -4,3 +4,5 @@
 Codecs come from PyAV's wheels (FFmpeg inside; see docs/VIDEO.md for what they encode and
 their licences). Importing this package does not import PyAV: only ``io`` does, on use.
 """
+
+DETECT_EVERY = 4  # default: the detector on every 4th frame, and on every frame around a change

@@ -31,7 +31,7 @@ from ..effects import apply_effect as apply_region_effect
 from ..errors import DetectionError, InvalidOptionsError
 from ..options import Options
 from ..pipeline import Anonymizer, _effect_spec, _logo, expand_box
-from . import io
+from . import DETECT_EVERY, io
 from .segments import Segment
 from .tracking import Box, Track, Tracker, TrackSettings, confirmed, track_boxes
 
@@ -43,7 +43,7 @@ class VideoSettings:
     """Video-only choices; the image options (targets, effects, margins, logo) stay in Options."""
 
     audio: str = "keep"  # keep: audio packets copied unchanged; drop: no audio in the output
-    detect_every: int = 1  # run the detector on every k-th frame, tracks fill the frames between
+    detect_every: int = DETECT_EVERY  # the detector on every k-th frame, and every frame around a change
     tracks: TrackSettings = field(default_factory=TrackSettings)
     smooth: bool = True  # False: only the frames with a detection are covered (for measurements)
     crf: int = io.DEFAULT_CRF
@@ -71,6 +71,7 @@ class Detected:
     timings: dict[str, float]
     start: int = 0  # index (in the whole video) of the first frame seen
     stop: int = 0  # one past the last
+    looked: int = 0  # frames the detector ran on (every k-th, plus the frames around a change)
 
     def __post_init__(self) -> None:
         self.stop = self.stop or self.start + self.frames
@@ -104,15 +105,29 @@ def detect_tracks(
     ended: list[Track] = []
     t_detect = 0.0
     started = time.perf_counter()
-    frames = 0
-    skipped = None  # the latest frame the detector skipped: the last frame is always looked at
+    frames = looked = 0
+    skipped: list[io.Frame] = []  # frames since the last look, not looked at (yet)
+    since: int | None = None  # the frame of the last look
 
-    def look(frame: io.Frame) -> None:
-        nonlocal t_detect
+    def detections(frame: io.Frame) -> list[tuple[str, float, Box]]:
+        nonlocal t_detect, looked
         t0 = time.perf_counter()
         dets = anonymizer.detect_pixels(frame.pixels, options, min_score=min_score)
         t_detect += time.perf_counter() - t0
-        ended.extend(tracker.update(frame.index, ((d.label, d.score, d.box) for d in dets if d.score >= low[d.label])))
+        looked += 1
+        return [(d.label, d.score, d.box) for d in dets if d.score >= low[d.label]]
+
+    def look(frame: io.Frame) -> None:
+        """Detect on ``frame``; if it does not see the same objects as the last look, the
+        skipped frames between are looked at too, in order, before it is linked."""
+        nonlocal since
+        dets = detections(frame)
+        if skipped and since is not None and not tracker.steady(frame.index, dets, since, thresholds):
+            for between in skipped:
+                ended.extend(tracker.update(between.index, detections(between)))
+        skipped.clear()
+        ended.extend(tracker.update(frame.index, dets))
+        since = frame.index
 
     if segment is None:
         source = io.read_frames(src)
@@ -124,19 +139,18 @@ def detect_tracks(
         )
     for frame in source:
         frames += 1
-        if frame.index % settings.detect_every:
-            skipped = frame
+        if frame.index % settings.detect_every and since is not None:
+            skipped.append(frame)
         else:
-            skipped = None
             look(frame)
         if progress is not None:
             progress("detect", frames, total)
-    if skipped is not None:
-        look(skipped)
+    if skipped:  # the last frame is always looked at
+        look(skipped.pop())
     ended += tracker.finish()
     tracks = sorted(confirmed(ended, thresholds), key=lambda t: t.first)
     timings = {"detect": round(t_detect * 1000, 1), "pass1": elapsed_ms(started)}
-    return Detected(tracks, frames, thresholds, timings, start=first)
+    return Detected(tracks, frames, thresholds, timings, start=first, looked=looked)
 
 
 def _covering_settings(settings: VideoSettings) -> TrackSettings:
@@ -296,6 +310,7 @@ def video_report(
         "video": {**asdict(info), "frames": detected.frames},
         "audio": settings.audio if info.has_audio else "none",
         "counts": {t: sum(tr.label == t for tr in detected.tracks) for t in options.targets},
+        "frames_looked": detected.looked,
         "frames_covered": rendered["frames_covered"],
         "regions": rendered["regions"],
         "tracks": [t.to_dict(boxes=settings.report_boxes) for t in detected.tracks],
@@ -339,6 +354,7 @@ def anonymize_segment(
     return {
         "segment": segment.to_dict(),
         "frames": segment.stop - segment.start,
+        "frames_looked": detected.looked,
         "frames_covered": rendered["frames_covered"],
         "regions": rendered["regions"],
         "tracks": [t.to_dict(boxes=settings.report_boxes) for t in own],

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 from .. import __version__
 from ..errors import AnonymizerError, InvalidOptionsError
 from ..options import Options, options_from_env, parse_options
-from . import io
+from . import DETECT_EVERY, io
 from .pipeline import VideoSettings, anonymize_segment
 from .segments import DEFAULT_SEGMENT_SECONDS, JoinError, Plan, Segment, join_parts, plan_segments
 from .start import execution_input, is_video_key, job_id, start_video  # noqa: F401 (the steps' API)
@@ -52,7 +52,7 @@ class VideoFlowConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> VideoFlowConfig:
         env = os.environ if env is None else env
         settings = VideoSettings(
-            audio=env.get("VIDEO_AUDIO", "keep"), detect_every=int(env.get("VIDEO_DETECT_EVERY", "1"))
+            audio=env.get("VIDEO_AUDIO", "keep"), detect_every=int(env.get("VIDEO_DETECT_EVERY", DETECT_EVERY))
         )
         settings.validate()
         return cls(

@@ -104,20 +104,8 @@ class Tracker:
         dets = list(detections)
         ended = [t for t in self._active if frame - t.last > self.settings.max_gap]
         self._active = [t for t in self._active if frame - t.last <= self.settings.max_gap]
-        pairs = []
-        for ti, track in enumerate(self._active):
-            predicted = track.predict(frame)
-            for di, (label, _, box) in enumerate(dets):
-                if label == track.label:
-                    overlap = iou(predicted, box)
-                    if overlap >= self.settings.match_iou or self._near(predicted, box, frame - track.last):
-                        pairs.append((overlap, ti, di))
-        pairs.sort(reverse=True)
-        used_t, used_d = set(), set()
-        for _, ti, di in pairs:
-            if ti in used_t or di in used_d:
-                continue
-            used_t.add(ti)
+        used_d = set()
+        for ti, di in self._pairs(self._active, frame, dets):
             used_d.add(di)
             label, score, box = dets[di]
             track = self._active[ti]
@@ -130,6 +118,45 @@ class Tracker:
                 self._next_id += 1
                 self._active.append(track)
         return ended
+
+    def steady(
+        self, frame: int, detections: Iterable[tuple[str, float, Box]], since: int, thresholds: dict[str, float]
+    ) -> bool:
+        """Whether ``detections`` at ``frame`` continue the objects seen at frame ``since``: every
+        detection at the full threshold links to a track, and every track seen then that reached
+        the full threshold links to a detection. Only then may the frames between go unlooked:
+        an object that appears or is lost between two looks is followed on every frame. Weak
+        detections (between the track and the full threshold) come and go without a dense look:
+        they only extend tracks."""
+        dets = list(detections)
+        tracks = [t for t in self._active if frame - t.last <= self.settings.max_gap]
+        pairs = self._pairs(tracks, frame, dets)
+        linked_t, linked_d = {ti for ti, _ in pairs}, {di for _, di in pairs}
+        new = any(di not in linked_d and score >= thresholds[label] for di, (label, score, _) in enumerate(dets))
+        lost = any(
+            ti not in linked_t and t.last == since and max(t.scores) >= thresholds[t.label]
+            for ti, t in enumerate(tracks)
+        )
+        return not (new or lost)
+
+    def _pairs(self, tracks: list[Track], frame: int, dets: list[tuple[str, float, Box]]) -> list[tuple[int, int]]:
+        """Greedy one-to-one links (track index, detection index), best overlap first."""
+        candidates = []
+        for ti, track in enumerate(tracks):
+            predicted = track.predict(frame)
+            for di, (label, _, box) in enumerate(dets):
+                if label == track.label:
+                    overlap = iou(predicted, box)
+                    if overlap >= self.settings.match_iou or self._near(predicted, box, frame - track.last):
+                        candidates.append((overlap, ti, di))
+        candidates.sort(reverse=True)
+        used_t, used_d, pairs = set(), set(), []
+        for _, ti, di in candidates:
+            if ti not in used_t and di not in used_d:
+                used_t.add(ti)
+                used_d.add(di)
+                pairs.append((ti, di))
+        return pairs
 
     def _near(self, a: Box, b: Box, frames: int) -> bool:
         """A fast object whose boxes no longer overlap (before its velocity is known): a centre
