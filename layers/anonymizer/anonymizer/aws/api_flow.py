@@ -13,6 +13,9 @@ Routes (the handler only wires them to these functions):
 * ``GET /results/{id}`` — 202 while processing, 200 with a presigned GET URL and the report
   when done, 422 when the image could not be anonymized, 404 for an unknown id AND for an id
   that another caller uploaded (ids are not capabilities: results are bound to the uploader).
+  Videos (``POST /uploads?kind=video``, deployments with the video state machine) answer 202
+  with ``progress`` (phase, segments and frames done) and ``percent``, read from the video
+  job's progress records (:mod:`anonymizer.video.progress`).
 * ``GET /openapi.json`` — :func:`openapi_document`.
 
 Errors are JSON ``{"error": code, "message": ...}`` with the error's ``http_status``.
@@ -45,7 +48,18 @@ from ..errors import (
     UnsupportedImageError,
 )
 from ..imageio import CONTENT_TYPES
-from ..options import OUTPUT_FORMATS, TARGETS, Options, describe, openapi_parameters, options_from_env, parse_options
+from ..options import (
+    OUTPUT_FORMATS,
+    TARGETS,
+    Options,
+    describe,
+    normalize_key,
+    openapi_parameters,
+    options_from_env,
+    parse_options,
+)
+from ..video import progress as video_progress
+from ..video.start import DEFAULT_VIDEO_MAX_BYTES, VIDEO_OPTION_KEYS, VIDEO_UPLOAD_SUFFIX, job_id
 from . import LOCAL_ONLY_EFFECTS, report_counts, request_option_values
 from .s3_flow import REPORT_SUFFIX
 from .storage import DEFAULT_MAX_OBJECT_BYTES, OWNER_METADATA, S3Storage, option_metadata
@@ -81,11 +95,14 @@ class ApiConfig:
     defaults: Options = field(default_factory=Options)
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     url_expires: int = DEFAULT_URL_EXPIRES
+    video_work_bucket: str = ""  # set where the video state machine is deployed: video uploads on
+    video_max_bytes: int = DEFAULT_VIDEO_MAX_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiConfig:
         """OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX (``uploads/``), MAX_OBJECT_BYTES,
-        ANONYMIZER_* defaults; buckets may be empty when only POST /anonymize is deployed."""
+        VIDEO_WORK_BUCKET, VIDEO_MAX_OBJECT_BYTES, ANONYMIZER_* defaults; buckets may be empty
+        when only POST /anonymize is deployed."""
         env = os.environ if env is None else env
         prefix = env.get("UPLOAD_PREFIX") or DEFAULT_UPLOAD_PREFIX
         return cls(
@@ -95,6 +112,8 @@ class ApiConfig:
             defaults=options_from_env(env),
             max_object_bytes=int(env.get("MAX_OBJECT_BYTES") or DEFAULT_MAX_OBJECT_BYTES),
             url_expires=int(env.get("PRESIGNED_URL_EXPIRES") or DEFAULT_URL_EXPIRES),
+            video_work_bucket=env.get("VIDEO_WORK_BUCKET", ""),
+            video_max_bytes=int(env.get("VIDEO_MAX_OBJECT_BYTES") or DEFAULT_VIDEO_MAX_BYTES),
         )
 
 
@@ -242,7 +261,9 @@ def _summary(report: Mapping[str, Any], latency_ms: float) -> dict[str, Any]:
 
 
 def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiConfig) -> Response:
-    """POST /uploads: a presigned POST for one image of 1..MAX_OBJECT_BYTES bytes.
+    """POST /uploads: a presigned POST for one image of 1..MAX_OBJECT_BYTES bytes, or with
+    ``kind=video`` one video of 1..VIDEO_MAX_OBJECT_BYTES (key ``<id>.mp4``: the S3 flow routes
+    it to the video state machine; ``audio`` and ``detect_every`` are accepted too).
 
     Options come from the query string and/or a JSON body ``{"options": {...}}``; they are
     validated now (400 on error) and signed into the POST policy as ``x-amz-meta-anonymize-*``
@@ -253,6 +274,7 @@ def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiCo
     if not config.upload_bucket:
         raise NotFoundError("uploads are not enabled on this deployment (UPLOAD_BUCKET is not set)")
     values = query_values(event)
+    kind = values.pop("kind", "image").strip().lower()
     raw = request_body(event)
     if raw.strip():
         try:
@@ -263,43 +285,90 @@ def create_upload(event: Mapping[str, Any], *, storage: S3Storage, config: ApiCo
         if not isinstance(opts, dict):
             raise InvalidOptionsError('body must be JSON: {"options": {"effect": "pixelate"}}')
         values.update({str(k): str(v) for k, v in opts.items()})
+        kind = str(payload.get("kind", kind)).strip().lower()
+    if kind not in ("image", "video"):
+        raise InvalidOptionsError("kind must be image or video")
+    video = _video_upload_values(values, config) if kind == "video" else {}
     checked = request_option_values(values, "request")
     parse_options(checked, defaults=config.defaults)  # 400 now rather than a failed object later
 
     upload_id = uuid.uuid4().hex
-    key = config.upload_prefix + upload_id
-    metadata = {**option_metadata(checked), OWNER_METADATA: caller_digest(event)}
+    key = config.upload_prefix + upload_id + (VIDEO_UPLOAD_SUFFIX if kind == "video" else "")
+    max_bytes = config.video_max_bytes if kind == "video" else config.max_object_bytes
+    metadata = {**option_metadata({**checked, **video}), OWNER_METADATA: caller_digest(event)}
     url, fields = storage.presign_post(
-        config.upload_bucket, key, max_bytes=config.max_object_bytes, expires=config.url_expires, metadata=metadata
+        config.upload_bucket, key, max_bytes=max_bytes, expires=config.url_expires, metadata=metadata
     )
     result_path = f"/results/{upload_id}"
     body = {
         "id": upload_id,
+        "kind": kind,
         "upload": {
             "method": "POST",
             "url": url,
             "fields": fields,
             "file_field": "file",
             "expires_in": config.url_expires,
-            "max_bytes": config.max_object_bytes,
+            "max_bytes": max_bytes,
         },
         "result": {"method": "GET", "path": result_path, "url": _base_url(event) + result_path},
     }
     return json_response(201, body, headers={"Location": _base_url(event) + result_path})
 
 
+def _video_upload_values(values: dict[str, str], config: ApiConfig) -> dict[str, str]:
+    """Pop and check the video-only options of a video upload (400 now, not a failed job later)."""
+    if not config.video_work_bucket:
+        from ..errors import UnsupportedVideoError
+
+        raise UnsupportedVideoError("video uploads are not enabled on this deployment (EnableVideo=false)")
+    from ..video.pipeline import VideoSettings
+
+    video = {normalize_key(k): values.pop(k) for k in list(values) if normalize_key(k) in VIDEO_OPTION_KEYS}
+    try:
+        settings = VideoSettings(audio=video.get("audio", "keep"), detect_every=int(video.get("detect_every", 1)))
+    except ValueError:
+        raise InvalidOptionsError("detect_every must be an integer") from None
+    settings.validate()
+    return video
+
+
 def get_result(event: Mapping[str, Any], upload_id: str, *, storage: S3Storage, config: ApiConfig) -> Response:
-    """GET /results/{id}: done (200, presigned GET + report), processing (202), failed (422).
+    """GET /results/{id}: done (200, presigned GET + report), processing (202; a video's with
+    its progress), failed (422).
 
     Only for the caller who uploaded: everybody else gets the same 404 as for an unknown id, so
     an id seen in a log or a URL reveals nothing. The uploader is read from the report (written
     by the S3 flow from the signed upload metadata) or, before there is one, from the upload.
+    An image upload is ``<id>``, a video upload ``<id>.mp4``: the image key is looked up first,
+    so images cost no more requests than before.
     """
     if not _UPLOAD_ID.fullmatch(upload_id or "") or not config.upload_bucket:
         raise NotFoundError(f"unknown upload id {upload_id!r}")
     unknown = NotFoundError(f"no upload with id {upload_id} for this caller (not uploaded yet, or expired)")
     caller = caller_digest(event)
     key = config.upload_prefix + upload_id
+    found = _result(upload_id, key, caller, unknown, storage=storage, config=config, video=False)
+    if found is None and config.video_work_bucket:
+        found = _result(
+            upload_id, key + VIDEO_UPLOAD_SUFFIX, caller, unknown, storage=storage, config=config, video=True
+        )
+    if found is None:
+        raise unknown
+    return found
+
+
+def _result(
+    upload_id: str,
+    key: str,
+    caller: str,
+    unknown: NotFoundError,
+    *,
+    storage: S3Storage,
+    config: ApiConfig,
+    video: bool,
+) -> Response | None:
+    """The answer for the upload at ``key``; None when there is neither a report nor an upload."""
     report = storage.read_json(config.output_bucket, key + REPORT_SUFFIX)
     if isinstance(report, dict):
         if not hmac_equal(str(report.get("owner", "")), caller):
@@ -321,7 +390,7 @@ def get_result(event: Mapping[str, Any], upload_id: str, *, storage: S3Storage, 
                 {
                     "id": upload_id,
                     "status": "done",
-                    "image": {
+                    "video" if video else "image": {
                         "url": storage.presign_get(
                             config.output_bucket, key, expires=config.url_expires, content_type=out.content_type
                         ),
@@ -334,14 +403,42 @@ def get_result(event: Mapping[str, Any], upload_id: str, *, storage: S3Storage, 
             )
     src = storage.head(config.upload_bucket, key)
     if src is None:
-        raise unknown
+        return None
     if not hmac_equal(src.metadata.get(OWNER_METADATA, ""), caller):
         raise unknown
     if storage.get_tags(config.upload_bucket, key).get("anonymizer-status") == "failed":
         return json_response(  # tagged, but its report could not be written
             422, {"id": upload_id, "status": "failed", "error": "error", "message": "the image could not be anonymized"}
         )
-    return json_response(202, {"id": upload_id, "status": "processing"}, headers={"Retry-After": "2"})
+    body: dict[str, Any] = {"id": upload_id, "status": "processing"}
+    if video:
+        body["progress"] = video_progress_of(src, storage=storage, config=config)
+        body["percent"] = video_progress.percent(body["progress"])
+    return json_response(202, body, headers={"Retry-After": "5" if video else "2"})
+
+
+def video_progress_of(src: Any, *, storage: S3Storage, config: ApiConfig) -> dict[str, Any]:
+    """The progress of the video job started for this upload (``queued`` before it writes any).
+
+    The job id is what the S3 flow derived from the event: bucket, key and version id, or the
+    eTag where the event carried no version; both are tried. A progress record that cannot be
+    read shows as ``queued``: a poll must not fail because of it.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    seen: list[str] = []
+    for version in (src.version_id, None):
+        ident = job_id({"bucket": src.bucket, "key": src.key, "version_id": version, "etag": src.etag})
+        if ident in seen:
+            continue
+        seen.append(ident)
+        try:
+            found = video_progress.read(storage.client, config.video_work_bucket, ident)
+        except (BotoCoreError, ClientError):
+            found = None
+        if found is not None:
+            return found
+    return video_progress.queued()
 
 
 def hmac_equal(a: str, b: str) -> bool:
@@ -382,6 +479,12 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
         "format",
         "Output format, or `json` for the detections report instead of the image.",
         {"type": "string", "enum": [*OUTPUT_FORMATS, "json"]},
+    )
+    kind_param = _param(
+        "kind",
+        "`video` for a video upload (deployments with EnableVideo; `audio=keep|drop` and `detect_every=1..10` "
+        "are accepted too); `image` by default.",
+        {"type": "string", "enum": ["image", "video"], "default": "image"},
     )
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
@@ -426,16 +529,19 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
             },
             "/uploads": {
                 "post": {
-                    "summary": "Get a presigned URL to upload a large image",
+                    "summary": "Get a presigned URL to upload a large image, or a video",
                     "operationId": "createUpload",
-                    "parameters": option_params,
+                    "parameters": [kind_param, *option_params],
                     "requestBody": {
                         "required": False,
                         "content": {
                             JSON: {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"options": {"type": "object"}},
+                                    "properties": {
+                                        "options": {"type": "object"},
+                                        "kind": {"type": "string", "enum": ["image", "video"]},
+                                    },
                                 }
                             }
                         },
@@ -461,11 +567,12 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Result"}}},
                         },
                         "202": {
-                            "description": "Still processing; retry.",
+                            "description": "Still processing; retry after Retry-After seconds. A video "
+                            "also says how far it is: progress and percent.",
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Result"}}},
                         },
                         "404": err("Unknown id, not uploaded yet, or uploaded by another caller."),
-                        "422": err("The image could not be anonymized."),
+                        "422": err("The image or video could not be anonymized."),
                     },
                 }
             },
@@ -543,8 +650,34 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string"},
                         "status": {"type": "string", "enum": ["processing", "done", "failed"]},
-                        "image": {"type": "object"},
+                        "image": {"type": "object", "description": "Done (an image): url, content_type, size."},
+                        "video": {"type": "object", "description": "Done (a video): url, content_type, size."},
                         "report": {"type": "object"},
+                        "percent": {"type": "integer", "minimum": 0, "maximum": 100, "description": "Videos."},
+                        "progress": {"$ref": "#/components/schemas/VideoProgress"},
+                    },
+                },
+                "VideoProgress": {
+                    "type": "object",
+                    "description": "A video while processing (202). Segments run in parallel; frames are "
+                    "counted when their segment is done.",
+                    "required": ["phase"],
+                    "properties": {
+                        "phase": {"type": "string", "enum": list(video_progress.PHASES)},
+                        "started_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                        "segments": {
+                            "type": "object",
+                            "properties": {
+                                "total": {"type": "integer"},
+                                "done": {"type": "integer"},
+                                "running": {"type": "integer"},
+                            },
+                        },
+                        "frames": {
+                            "type": "object",
+                            "properties": {"total": {"type": "integer"}, "done": {"type": "integer"}},
+                        },
                     },
                 },
             },

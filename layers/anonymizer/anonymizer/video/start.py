@@ -13,6 +13,10 @@ from typing import Any
 
 from . import io
 
+VIDEO_OPTION_KEYS = ("audio", "detect_every")  # video-only options, beside the image ones
+VIDEO_UPLOAD_SUFFIX = ".mp4"  # POST /uploads?kind=video: the key the S3 flow routes here
+DEFAULT_VIDEO_MAX_BYTES = 4 * 1024**3  # one video object (the video function has 10 GB of /tmp)
+
 
 def job_id(source: Mapping[str, Any]) -> str:
     """Idempotent id of one object version: the same upload always maps to the same job."""

@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +25,21 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .. import __version__
+from ..aws.storage import OWNER_METADATA
 from ..errors import AnonymizerError, InvalidOptionsError
 from ..options import Options, options_from_env, parse_options
-from . import DETECT_EVERY, io
+from . import DETECT_EVERY, io, progress
 from .pipeline import VideoSettings, anonymize_segment
 from .segments import DEFAULT_SEGMENT_SECONDS, JoinError, Plan, Segment, join_parts, plan_segments
-from .start import execution_input, is_video_key, job_id, start_video  # noqa: F401 (the steps' API)
+from .start import (  # noqa: F401 (the steps' API)
+    DEFAULT_VIDEO_MAX_BYTES,
+    VIDEO_OPTION_KEYS,
+    execution_input,
+    is_video_key,
+    job_id,
+    start_video,
+)
 
-VIDEO_OPTION_KEYS = ("audio", "detect_every")  # video-only options, beside the image ones
 VIDEO_CONTENT_TYPE = "video/mp4"
 
 
@@ -46,7 +53,7 @@ class VideoFlowConfig:
     settings: VideoSettings = field(default_factory=VideoSettings)
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS  # parts this long run in parallel
     single_seconds: float = 120.0  # videos up to this long run as one segment (one invocation)
-    max_object_bytes: int = 4 * 1024**3
+    max_object_bytes: int = DEFAULT_VIDEO_MAX_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> VideoFlowConfig:
@@ -62,7 +69,7 @@ class VideoFlowConfig:
             settings=settings,
             segment_seconds=float(env.get("VIDEO_SEGMENT_SECONDS", DEFAULT_SEGMENT_SECONDS)),
             single_seconds=float(env.get("VIDEO_SINGLE_SECONDS", "120")),
-            max_object_bytes=int(env.get("VIDEO_MAX_OBJECT_BYTES", 4 * 1024**3)),
+            max_object_bytes=int(env.get("VIDEO_MAX_OBJECT_BYTES", DEFAULT_VIDEO_MAX_BYTES)),
         )
 
 
@@ -110,6 +117,7 @@ def _work_key(job: str, name: str) -> str:
 def plan(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig) -> dict[str, Any]:
     """Probe the video, read its options, cut it at keyframes. Returns the job and its segments."""
     source, job = event["source"], event["job_id"]
+    _note(progress.planning, s3, config.work_bucket, job)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "source"
         head = _download(s3, source, path, config.max_object_bytes)
@@ -120,6 +128,8 @@ def plan(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig) -> dict[str
         seconds = 1e9 if whole else config.segment_seconds
         overlap = settings.tracks.max_gap + settings.tracks.pad
         cut: Plan = plan_segments(path, fps=info.fps, seconds=seconds, overlap=overlap)
+    sizes = [s.stop - s.start for s in cut.segments]
+    _note(progress.planned, s3, config.work_bucket, job, cut.frames, sizes)
     return {
         "job": {
             "job_id": job,
@@ -136,6 +146,7 @@ def plan(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig) -> dict[str
 def segment(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer: Any) -> dict[str, Any]:
     """Anonymize one segment into a part in the work bucket (with its report beside it)."""
     job, seg = event["job"], Segment.from_dict(event["segment"])
+    _note(progress.segment_started, s3, config.work_bucket, job["job_id"], seg.index)
     with tempfile.TemporaryDirectory() as tmp:
         path, part = Path(tmp) / "source", Path(tmp) / "part.mp4"
         head = _download(s3, job["source"], path, config.max_object_bytes)
@@ -144,6 +155,7 @@ def segment(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymiz
         key = _work_key(job["job_id"], f"part-{seg.index:05d}.mp4")
         s3.upload_file(str(part), config.work_bucket, key, ExtraArgs={"ContentType": VIDEO_CONTENT_TYPE})
         s3.put_object(Bucket=config.work_bucket, Key=key + ".json", Body=json.dumps(report).encode())
+    _note(progress.segment_done, s3, config.work_bucket, job["job_id"], seg.index, int(report["frames"]))
     return {"index": seg.index, "frames": report["frames"], "tracks": len(report["tracks"])}
 
 
@@ -152,6 +164,7 @@ def join(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer:
     job = event["job"]
     source = job["source"]
     keys = [_work_key(job["job_id"], f"part-{i:05d}.mp4") for i in range(int(job["parts"]))]
+    _note(progress.joining, s3, config.work_bucket, job["job_id"])
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "source", Path(tmp) / "out.mp4"
         head = _download(s3, source, path, config.max_object_bytes)
@@ -175,6 +188,7 @@ def join(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer:
             "anonymizer": __version__,
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": source,
+            "owner": head.get("Metadata", {}).get(OWNER_METADATA, ""),  # GET /results/{id} answers only them
             "video": {"width": info.width, "height": info.height, "frames": frames, "fps": info.fps},
             "audio": settings.audio if info.has_audio else "none",
             "parts": len(parts),
@@ -202,6 +216,13 @@ def join(event: Mapping[str, Any], s3: Any, config: VideoFlowConfig, anonymizer:
         )
     cleanup(job["job_id"], s3, config)
     return {"status": "ok", "key": key, "frames": frames, "parts": len(parts), "counts": report["counts"]}
+
+
+def _note(record: Callable[..., None], *args: Any) -> None:
+    """Write a progress record, best effort: progress is for people watching, and a failed
+    write of it must not fail (or retry) the video."""
+    with contextlib.suppress(Exception):
+        record(*args)
 
 
 def _counts(reports: list[dict], options: Options) -> dict[str, int]:
