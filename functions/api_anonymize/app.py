@@ -4,8 +4,9 @@ Thin handler: Powertools routes the request, :mod:`anonymizer.aws.api_flow` buil
 Routes: POST /anonymize, GET /openapi.json, POST /uploads, GET /results/{id}, and the web page:
 GET / (the page) and GET /options (its form, from the option table).
 
-Environment: OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX, MAX_OBJECT_BYTES, ANONYMIZER_*
-(option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
+Environment: OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX, MAX_OBJECT_BYTES, PRESIGNED_URL_EXPIRES,
+VIDEO_WORK_BUCKET and VIDEO_MAX_OBJECT_BYTES (video uploads and their progress; set only with
+video enabled), ANONYMIZER_* (option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
 The API must list binary media types ``*/*`` so that images pass through as bytes.
 """
 
