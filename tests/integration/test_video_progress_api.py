@@ -131,6 +131,9 @@ def test_video_upload_shows_progress_then_the_link(aws, clip: Path, tmp_path: Pa
     assert status == 200 and done["status"] == "done" and "progress" not in done
     assert done["report"]["status"] == "ok" and done["report"]["video"]["frames"] == 48
     assert done["report"]["audio"] == "drop"  # the upload's signed video option reached the job
+    assert "segments" not in done["report"] and "counts" in done["report"]  # per-track lists: behind report_url
+    whole = requests.get(done["report_url"]).json()
+    assert len(whole["segments"]) == 3 and whole["counts"] == done["report"]["counts"]
     got = tmp_path / "got.mp4"
     got.write_bytes(requests.get(done["video"]["url"]).content)
     assert done["video"]["content_type"] == "video/mp4" and count_frames(got)[0] == 48

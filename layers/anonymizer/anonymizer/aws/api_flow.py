@@ -58,6 +58,7 @@ from ..options import (
     options_from_env,
     parse_options,
 )
+from ..video import DETECT_EVERY
 from ..video import progress as video_progress
 from ..video.start import DEFAULT_VIDEO_MAX_BYTES, VIDEO_OPTION_KEYS, VIDEO_UPLOAD_SUFFIX, job_id
 from . import LOCAL_ONLY_EFFECTS, report_counts, request_option_values
@@ -326,7 +327,9 @@ def _video_upload_values(values: dict[str, str], config: ApiConfig) -> dict[str,
 
     video = {normalize_key(k): values.pop(k) for k in list(values) if normalize_key(k) in VIDEO_OPTION_KEYS}
     try:
-        settings = VideoSettings(audio=video.get("audio", "keep"), detect_every=int(video.get("detect_every", 1)))
+        settings = VideoSettings(
+            audio=video.get("audio", "keep"), detect_every=int(video.get("detect_every", DETECT_EVERY))
+        )
     except ValueError:
         raise InvalidOptionsError("detect_every must be an integer") from None
     settings.validate()
@@ -398,7 +401,7 @@ def _result(
                         "size": out.size,
                         "expires_in": config.url_expires,
                     },
-                    "report": report,
+                    **(_video_report_fields(report, key, storage, config) if video else {"report": report}),
                 },
             )
     src = storage.head(config.upload_bucket, key)
@@ -415,6 +418,19 @@ def _result(
         body["progress"] = video_progress_of(src, storage=storage, config=config)
         body["percent"] = video_progress.percent(body["progress"])
     return json_response(202, body, headers={"Retry-After": "5" if video else "2"})
+
+
+VIDEO_REPORT_BULK = ("tracks", "segments")  # per-track lists, left to report_url
+
+
+def _video_report_fields(report: dict[str, Any], key: str, storage: S3Storage, config: ApiConfig) -> dict[str, Any]:
+    """A video's report without its tracks (an hour of street footage has thousands: too big for
+    an API response; the counts stay) and a presigned link to the whole report."""
+    summary = {k: v for k, v in report.items() if k not in VIDEO_REPORT_BULK}
+    url = storage.presign_get(
+        config.output_bucket, key + REPORT_SUFFIX, expires=config.url_expires, content_type="application/json"
+    )
+    return {"report": summary, "report_url": url}
 
 
 def video_progress_of(src: Any, *, storage: S3Storage, config: ApiConfig) -> dict[str, Any]:
@@ -652,7 +668,12 @@ def openapi_document(server_url: str = "") -> dict[str, Any]:
                         "status": {"type": "string", "enum": ["processing", "done", "failed"]},
                         "image": {"type": "object", "description": "Done (an image): url, content_type, size."},
                         "video": {"type": "object", "description": "Done (a video): url, content_type, size."},
-                        "report": {"type": "object"},
+                        "report": {
+                            "type": "object",
+                            "description": "The report (docs/report.schema.json); a video's without its "
+                            "per-track lists (tracks, segments; counts stay): the whole report is at report_url.",
+                        },
+                        "report_url": {"type": "string", "description": "Videos: presigned GET of the whole report."},
                         "percent": {"type": "integer", "minimum": 0, "maximum": 100, "description": "Videos."},
                         "progress": {"$ref": "#/components/schemas/VideoProgress"},
                     },
