@@ -1,5 +1,7 @@
-"""A real clip (CC BY 4.0, tests/assets/video/README.md): one person, face visible in every
-frame. Matroska in, MP4 out; with the detector on every 3rd frame, smoothing covers every frame."""
+"""Real clips (CC BY 4.0, tests/assets/video/README.md) with audited per-frame face boxes
+(``<clip>.labels.json``, made by tools/label_video.py): per-frame recall at IoU 0.5 and bare
+frames, without and with smoothing, the detector on every frame and at the default sparse
+setting. Matroska in, MP4 out. ``pytest tests/e2e/test_video_real_clip.py -s`` prints the figures."""
 
 from __future__ import annotations
 
@@ -12,34 +14,113 @@ import pytest
 from video_clips import count_frames
 
 from anonymizer.options import Options
-from anonymizer.pipeline import Anonymizer
-from anonymizer.video import io
-from anonymizer.video.pipeline import VideoSettings, anonymize_video, covered_boxes, detect_tracks
+from anonymizer.pipeline import Anonymizer, expand_box
+from anonymizer.video import DETECT_EVERY, io
+from anonymizer.video.evaluation import Labelled, clip_figures, found_objects
+from anonymizer.video.pipeline import Detected, VideoSettings, anonymize_video, covered_boxes, detect_tracks
 
 pytest.importorskip("av")
-CLIP = Path(__file__).resolve().parents[1] / "assets" / "video" / "asl-hungry.mkv"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "video"
+CLIP = ASSETS / "asl-hungry.mkv"
+FACES = Options(targets=("face",))
 
 
-def test_every_frame_of_the_real_clip_is_covered_with_sparse_detection() -> None:
-    settings = VideoSettings(detect_every=3)
-    detected = detect_tracks(Anonymizer(), CLIP, Options(targets=("face",)), settings)
-    faces = [t for t in detected.tracks if t.label == "face"]
-    found = {f for t in faces for f, s in zip(t.frames, t.scores, strict=True) if s >= detected.thresholds["face"]}
-    figures = {}
+@pytest.fixture(scope="module")
+def anonymizer() -> Anonymizer:
+    return Anonymizer()
+
+
+def _labels(clip: Path, *, turned_away: bool = False) -> list[list[Labelled]]:
+    """Per frame, the labelled faces that count. Boxes marked ``ignore`` (a face turned away:
+    only the ear and the cheek's edge show) are left out of recall and bare frames alike,
+    unless ``turned_away``."""
+    data = json.loads(clip.with_suffix(".labels.json").read_text())
+    return [
+        [(o["id"], o["label"], tuple(o["box"])) for o in f if turned_away or not o.get("ignore")]
+        for f in data["frames"]
+    ]
+
+
+_RUNS: dict[tuple[str, int], Detected] = {}
+
+
+def _detected(anonymizer: Anonymizer, name: str, every: int) -> Detected:
+    """Pass 1 once per clip and setting for the whole module (the slow part)."""
+    if (name, every) not in _RUNS:
+        _RUNS[name, every] = detect_tracks(anonymizer, ASSETS / name, FACES, VideoSettings(detect_every=every))
+    return _RUNS[name, every]
+
+
+def _figures(detected: Detected, labels: list[list[Labelled]], settings: VideoSettings, size) -> dict[str, dict]:
+    """As tests/e2e/test_video_pipeline.py: found = matched by a full-threshold detection on
+    some frame of this run; covered regions = the boxes with the face margin, as rendered."""
+    found: dict[int, list] = {}
+    for track in detected.tracks:
+        for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
+            if score >= detected.thresholds[track.label]:
+                found.setdefault(f, []).append((track.label, box))
+    ids = found_objects(labels, found)
+    out = {}
     for smooth in (False, True):
         at = covered_boxes(detected.tracks, replace(settings, smooth=smooth), detected.frames)
-        covered = sum(any(t.label == "face" for t, _ in at(f)) for f in range(detected.frames))
-        figures["smoothed" if smooth else "per-frame"] = {"covered": covered, "bare": detected.frames - covered}
-    print("\nreal clip asl-hungry, detect every 3:", json.dumps({"frames": detected.frames, **figures}))
-    assert detected.frames == 49 and len(found) >= 15  # of the 17 frames it looked at (0, 3, ..., 48)
-    assert figures["per-frame"]["bare"] >= 32  # at least every frame it did not look at
-    assert figures["smoothed"]["bare"] == 0
+        margin = FACES.face.margin
+        covered = [[(t.label, b, expand_box(b, margin, *size)) for t, b in at(f)] for f in range(detected.frames)]
+        out["smoothed" if smooth else "per-frame"] = clip_figures(labels, covered, ids).to_dict()
+    return out
 
 
-def test_matroska_in_mp4_out_same_frames_face_changed(tmp_path: Path) -> None:
+def _clip_figures(anonymizer: Anonymizer, name: str, every: int, *, turned_away: bool = False) -> dict[str, dict]:
+    clip = ASSETS / name
+    labels = _labels(clip, turned_away=turned_away)
+    detected = _detected(anonymizer, name, every)
+    info = io.probe_video(clip)
+    figures = _figures(detected, labels, VideoSettings(detect_every=every), (info.width, info.height))
+    what = " (turned-away frames counted)" if turned_away else ""
+    print(f"\n{name}{what}, detect every {every} ({detected.looked} frames looked at):", json.dumps(figures))
+    assert detected.frames == len(labels) and figures["smoothed"]["found_objects"] >= 1
+    return figures
+
+
+@pytest.mark.parametrize("every", [1, DETECT_EVERY])
+@pytest.mark.parametrize("name", ["one-by-one-excerpt.mp4", "asl-hungry.mkv"])
+def test_smoothing_leaves_no_labelled_face_bare(anonymizer, name: str, every: int) -> None:
+    """The goal on real footage: 0 bare frames for every face the detector finds on some frame
+    of its track, and smoothing better than per-frame covering wherever per-frame misses."""
+    figures = _clip_figures(anonymizer, name, every)
+    per_frame, smoothed = figures["per-frame"], figures["smoothed"]
+    assert smoothed["found_objects"] == smoothed["total_objects"]  # every labelled face found somewhere
+    assert smoothed["bare_found"] == 0  # the goal
+    assert smoothed["recall"] >= per_frame["recall"] and smoothed["bare"] <= per_frame["bare"]
+    if per_frame["recall"] < 1:
+        assert smoothed["recall"] > per_frame["recall"] and smoothed["bare"] < per_frame["bare"]
+
+
+@pytest.mark.parametrize(
+    "every",
+    [
+        1,
+        pytest.param(
+            DETECT_EVERY,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="frames 122-126 bare: the man's track is re-found only on the frames looked at between "
+                "two looks (113-115), so Tracker.steady (t.last == since) does not count it lost at the next "
+                "looks (120, 124, 128); the gap outgrows max_gap and the new track's look-behind misses",
+            ),
+        ),
+    ],
+)
+def test_turned_away_faces_are_covered_too(anonymizer, every: int) -> None:
+    """Stricter than the labels' audit: the frames where the man stands turned away (ear and
+    cheek edge only, ``ignore`` in the labels) counted as faces as well."""
+    figures = _clip_figures(anonymizer, "one-by-one-excerpt.mp4", every, turned_away=True)
+    assert figures["smoothed"]["bare_found"] == 0
+
+
+def test_matroska_in_mp4_out_same_frames_face_changed(anonymizer, tmp_path: Path) -> None:
     out = tmp_path / "asl.mp4"
     settings = VideoSettings(detect_every=3, report_boxes=True)
-    report = anonymize_video(Anonymizer(), CLIP, out, Options(targets=("face",)), settings)
+    report = anonymize_video(anonymizer, CLIP, out, FACES, settings)
     assert report["audio"] == "none" and report["frames_covered"] == 49
     (frames_out, seconds_out), (frames_in, seconds_in) = count_frames(out), count_frames(CLIP)
     assert frames_out == frames_in == 49 and seconds_out == pytest.approx(seconds_in, abs=0.002)
