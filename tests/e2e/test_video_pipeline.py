@@ -61,7 +61,7 @@ FACES = Options(targets=("face",))
 @pytest.fixture(scope="module")
 def detected(faces_clip, anonymizer: Anonymizer) -> Detected:
     """Pass 1 once for the output checks and the figures (detector on every frame)."""
-    return detect_tracks(anonymizer, faces_clip[0], FACES, VideoSettings())
+    return detect_tracks(anonymizer, faces_clip[0], FACES, VideoSettings(detect_every=1))
 
 
 @pytest.fixture(scope="module")

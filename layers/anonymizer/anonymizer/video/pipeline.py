@@ -107,7 +107,7 @@ def detect_tracks(
     started = time.perf_counter()
     frames = looked = 0
     skipped: list[io.Frame] = []  # frames since the last look, not looked at (yet)
-    since: int | None = None  # the frame of the last look
+    since: int | None = None  # the first frame of the last look (with the frames looked at before it)
 
     def detections(frame: io.Frame) -> list[tuple[str, float, Box]]:
         nonlocal t_detect, looked
@@ -122,12 +122,14 @@ def detect_tracks(
         skipped frames between are looked at too, in order, before it is linked."""
         nonlocal since
         dets = detections(frame)
+        first = frame.index
         if skipped and since is not None and not tracker.steady(frame.index, dets, since, thresholds):
             for between in skipped:
                 ended.extend(tracker.update(between.index, detections(between)))
+            first = skipped[0].index
         skipped.clear()
         ended.extend(tracker.update(frame.index, dets))
-        since = frame.index
+        since = first  # a track seen from here on and missing at the next look is lost: look between
 
     if segment is None:
         source = io.read_frames(src)

@@ -122,9 +122,10 @@ class Tracker:
     def steady(
         self, frame: int, detections: Iterable[tuple[str, float, Box]], since: int, thresholds: dict[str, float]
     ) -> bool:
-        """Whether ``detections`` at ``frame`` continue the objects seen at frame ``since``: every
-        detection at the full threshold links to a track, and every track seen then that reached
-        the full threshold links to a detection. Only then may the frames between go unlooked:
+        """Whether ``detections`` at ``frame`` continue the objects seen from frame ``since`` on (the
+        last look, with the frames looked at just before it): every detection at the full
+        threshold links to a track, and every track seen since then that reached the full
+        threshold links to a detection. Only then may the frames between go unlooked:
         an object that appears or is lost between two looks is followed on every frame. Weak
         detections (between the track and the full threshold) come and go without a dense look:
         they only extend tracks."""
@@ -134,7 +135,7 @@ class Tracker:
         linked_t, linked_d = {ti for ti, _ in pairs}, {di for _, di in pairs}
         new = any(di not in linked_d and score >= thresholds[label] for di, (label, score, _) in enumerate(dets))
         lost = any(
-            ti not in linked_t and t.last == since and max(t.scores) >= thresholds[t.label]
+            ti not in linked_t and t.last >= since and max(t.scores) >= thresholds[t.label]
             for ti, t in enumerate(tracks)
         )
         return not (new or lost)
