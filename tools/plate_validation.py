@@ -8,6 +8,7 @@ score 0.05, so every threshold of the grid is scored from the same detections:
     python tools/plate_validation.py                      # figures at the card's threshold
     python tools/plate_validation.py --choose             # + the threshold the rule picks, and its figures
     python tools/plate_validation.py --set plate.min_size=12 --json build/pv.json
+    python tools/plate_validation.py --shrink 320 --card min_side=640   # the photos as small images; a card trial
 
 Rule (as before): the threshold maximising min(recall@0.5 / 0.95, precision@0.5 / 0.90) pooled over
 all validation plates; ties go to the lower threshold (privacy first).
@@ -18,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,30 +31,53 @@ sys.path.insert(0, str(REPO))
 from anonymizer import imageio  # noqa: E402
 from anonymizer.options import parse_options, parse_settings  # noqa: E402
 from anonymizer.pipeline import Anonymizer  # noqa: E402
-from anonymizer_local.evaluation import evaluate, load_coco  # noqa: E402
+from anonymizer_local.evaluation import ImageTruth, evaluate, load_coco  # noqa: E402
 from training.plates_data import SOURCES, read_splits  # noqa: E402
 
 FLOOR = 0.05
 GRID = np.round(np.arange(0.20, 0.801, 0.025), 3)
 
 
-def detections(settings: dict[str, str]) -> dict[str, tuple[list, dict]]:
+def shrunk(truth: ImageTruth, pixels: np.ndarray, width: int) -> tuple[ImageTruth, np.ndarray]:
+    """The photo (and its boxes) scaled down to ``width`` px wide, if wider: a small-image
+    variant of the same validation photos (plates of 15-45 px, as in small street images)."""
+    if pixels.shape[1] <= width:
+        return truth, pixels
+    f = width / pixels.shape[1]
+    small = cv2.resize(pixels, (width, max(1, round(pixels.shape[0] * f))), interpolation=cv2.INTER_AREA)
+    boxes = {k: v * f for k, v in truth.boxes.items()}
+    return replace(truth, width=small.shape[1], height=small.shape[0], boxes=boxes), small
+
+
+def detections(
+    settings: dict[str, str], shrink: int = 0, card: dict[str, str] | None = None
+) -> dict[str, tuple[list, dict]]:
     """Per source: (truths, {image_id: detections down to FLOOR}) on its validation ids."""
     splits = read_splits()
     options = parse_options({"targets": "plate", **settings})  # plates come out the same with faces on
     engine = Anonymizer()
+    if card:  # a trial of other card values (e.g. min_side), never written
+        detector = engine.detector("plate")
+        types = {f.name: f.type for f in fields(detector.card)}
+        detector.card = replace(detector.card, **{k: _typed(types[k], v) for k, v in card.items()})
     out = {}
     for src in SOURCES:
         if not Path(src.root, "annotations.json").exists():
             continue
         truths = load_coco(Path(src.root), splits[src.name]["val_image_ids"])
         found = {}
-        for t in truths:
+        for i, t in enumerate(truths):
             pixels = imageio.decode(t.path.read_bytes()).pixels
+            if shrink:
+                truths[i], pixels = shrunk(t, pixels, shrink)
             found[t.image_id] = engine.detect_pixels(pixels, options, FLOOR)
         out[src.name] = (truths, found)
         print(f"{src.name}: {len(truths)} images detected", file=sys.stderr)
     return out
+
+
+def _typed(kind: object, value: str) -> object:
+    return {"int": int, "float": float}.get(str(kind), float if "float" in str(kind) else int)(value)
 
 
 def score(cache: dict, threshold: float) -> dict[str, dict]:
@@ -121,12 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="option, as in the CLI")
     ap.add_argument("--choose", action="store_true", help="also choose the threshold by the rule and show it")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
+    ap.add_argument("--shrink", type=int, default=0, metavar="W", help="photos scaled down to W px wide first")
+    ap.add_argument("--card", action="append", default=[], metavar="KEY=VALUE", help="plate card value, a trial")
     args = ap.parse_args(argv)
     settings = parse_settings(args.set)
-    cache = detections(settings)
-    card = Anonymizer().detector("plate").card.threshold
-    results = {"card": {"threshold": card, "rows": score(cache, card)}}
-    print(f"at the card's threshold {card}:\n{table(results['card']['rows'])}\n")
+    card = dict(c.split("=", 1) for c in args.card)
+    cache = detections(settings, args.shrink, card)
+    threshold = float(card.get("threshold") or Anonymizer().detector("plate").card.threshold)
+    results = {"card": {"threshold": threshold, "rows": score(cache, threshold)}}
+    print(f"at the card's threshold {threshold}:\n{table(results['card']['rows'])}\n")
     if args.choose:
         thr, _ = choose(cache)
         results["chosen"] = {"threshold": thr, "rows": score(cache, thr)}
