@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -253,29 +254,16 @@ def train(args) -> None:
     if args.from_checkpoint:  # the operating point and the export again, without training
         model.load_state_dict(torch.load(args.cache / "face_verifier.pt"))
         args.epochs = 0
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = max(1, args.epochs * (len(x) // args.batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.15)
-    pos_weight = (1 - y).sum() / y.sum()
     t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for b in range(len(x) // args.batch):
-            idx = order[b * args.batch : (b + 1) * args.batch]
-            logits = model(augment(x[idx].clone(), gen)).flatten()
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
+
+    def report(epoch: int, loss: float) -> None:
         final = verified_scores(val["scores"], predict(model, xv), 0.5, 0.0)
         f = street_figures(val, final, args.cache, 0.12)
-        print(f"epoch {epoch + 1}: loss {total / max(1, len(x) // args.batch):.4f}, street R {f['recall@0.5']:.4f} "
+        print(f"epoch {epoch + 1}: loss {loss:.4f}, street R {f['recall@0.5']:.4f} "
               f"AP50 {f['AP50']:.4f}, car false/img {car_false(val, final, 0.12)} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+
+    fit(model, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, gen=gen, report=report)
     if not args.from_checkpoint:
         torch.save(model.state_dict(), args.cache / "face_verifier.pt")
     probs = predict(model, xv)
@@ -283,6 +271,39 @@ def train(args) -> None:
     sha = export(model, args.out)
     point = choose(val, probs, args.cache)
     write_card(args.out, sha, point, args)
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch: int,
+    lr: float,
+    gen: torch.Generator,
+    report: Callable[[int, float], None],
+) -> None:
+    """The verifiers' training loop (faces and plates): AdamW with a one-cycle LR, BCE weighted so
+    both classes count alike, augmentation per batch; ``report(epoch, mean loss)`` after each epoch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * (len(x) // batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
+    pos_weight = (1 - y).sum() / y.sum()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for b in range(len(x) // batch):
+            idx = order[b * batch : (b + 1) * batch]
+            logits = model(augment(x[idx].clone(), gen)).flatten()
+            loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        report(epoch, total / max(1, len(x) // batch))
 
 
 def write_card(model: Path, sha: str, point: dict, args) -> None:

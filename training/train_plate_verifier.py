@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from anonymizer import imageio
 from anonymizer.detection import Detection
@@ -36,7 +35,7 @@ from tools.plate_validation import pooled  # the pooled row exactly as the valid
 
 from .plate_verifier_data import AUDIT, CACHE, VAL_FLOOR, audited, key, label_proposals, load_proposals
 from .plates_data import SOURCES
-from .train_face_verifier import MODELS, SIZE, TinyVerifier, augment, export, jitter, predict, to_tensor
+from .train_face_verifier import MODELS, SIZE, TinyVerifier, export, fit, jitter, predict, to_tensor
 
 CONTEXT = 2.0  # crop side / proposal's longer side (a plate and the car around it)
 BASE_THRESHOLD = 0.425  # plate v5 alone (plate.json before the verifier): the figures to beat
@@ -165,29 +164,16 @@ def train(args) -> None:
         data = build("train", args.cache)
         x, y = to_tensor(data["crops"]), torch.from_numpy(data["labels"]).float()
         print(f"train: {int(y.sum())} positives, {int((1 - y).sum())} negatives; val: {len(xv)} crops", flush=True)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-        steps = max(1, args.epochs * (len(x) // args.batch))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.15)
-        pos_weight = (1 - y).sum() / y.sum()
         t0 = time.perf_counter()
         known = val["labels"] >= 0
-        for epoch in range(args.epochs):
-            model.train()
-            order = torch.randperm(len(x), generator=gen)
-            total = 0.0
-            for b in range(len(x) // args.batch):
-                idx = order[b * args.batch : (b + 1) * args.batch]
-                logits = model(augment(x[idx].clone(), gen)).flatten()
-                loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item()
+
+        def report(epoch: int, loss: float) -> None:
             p = predict(model, xv)
             acc = float(((p >= 0.5) == (val["labels"] == 1))[known].mean())
-            print(f"epoch {epoch + 1}: loss {total / max(1, len(x) // args.batch):.4f}, val accuracy on labelled "
+            print(f"epoch {epoch + 1}: loss {loss:.4f}, val accuracy on labelled "
                   f"proposals {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+
+        fit(model, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, gen=gen, report=report)
         torch.save(model.state_dict(), args.cache / "plate_verifier.pt")
     probs = predict(model, xv)
     records = load_proposals("val", args.cache)
