@@ -9,6 +9,7 @@ score 0.05, so every threshold of the grid is scored from the same detections:
     python tools/plate_validation.py --choose             # + the threshold the rule picks, and its figures
     python tools/plate_validation.py --set plate.min_size=12 --json build/pv.json
     python tools/plate_validation.py --shrink 320 --card min_side=640   # the photos as small images; a card trial
+    python tools/plate_validation.py --mosaic --card screen_threshold=0.1   # 1080p frames: what screening costs
 
 Rule (as before): the threshold maximising min(recall@0.5 / 0.95, precision@0.5 / 0.90) pooled over
 all validation plates; ties go to the lower threshold (privacy first).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -49,8 +51,28 @@ def shrunk(truth: ImageTruth, pixels: np.ndarray, width: int) -> tuple[ImageTrut
     return replace(truth, width=small.shape[1], height=small.shape[0], boxes=boxes), small
 
 
+def mosaics(truths: list[ImageTruth]) -> Iterator[tuple[ImageTruth, np.ndarray]]:
+    """Every 4 photos of a source tiled 2 x 2 into one 1920x1080 frame (each shrunk to fit its
+    960x540 cell, never enlarged), boxes moved along: 1 MP and more is where the product screens
+    (a low-scale run first, full scale only around its spots), which no validation photo reaches."""
+    for start in range(0, len(truths) - 3, 4):
+        frame = np.full((1080, 1920, 3), 100, np.uint8)
+        boxes = []
+        for k, truth in enumerate(truths[start : start + 4]):
+            pixels = imageio.decode(truth.path.read_bytes()).pixels
+            h, w = pixels.shape[:2]
+            f = min(1.0, 960 / w, 540 / h)
+            small = cv2.resize(pixels, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+            x0, y0 = 960 * (k % 2), 540 * (k // 2)
+            frame[y0 : y0 + small.shape[0], x0 : x0 + small.shape[1]] = small
+            b = truth.boxes.get("plate", np.zeros((0, 4)))
+            boxes.append(b * f + np.array([x0, y0, x0, y0]))
+        merged = replace(truths[start], width=1920, height=1080, boxes={"plate": np.vstack(boxes)})
+        yield merged, frame
+
+
 def detections(
-    settings: dict[str, str], shrink: int = 0, card: dict[str, str] | None = None
+    settings: dict[str, str], shrink: int = 0, card: dict[str, str] | None = None, mosaic: bool = False
 ) -> dict[str, tuple[list, dict]]:
     """Per source: (truths, {image_id: detections down to FLOOR}) on its validation ids."""
     splits = read_splits()
@@ -66,6 +88,14 @@ def detections(
             continue
         truths = load_coco(Path(src.root), splits[src.name]["val_image_ids"])
         found = {}
+        if mosaic:
+            frames = list(mosaics(truths))
+            truths = [t for t, _ in frames]
+            for t, pixels in frames:
+                found[t.image_id] = engine.detect_pixels(pixels, options, FLOOR)
+            out[src.name] = (truths, found)
+            print(f"{src.name}: {len(truths)} 1080p mosaics detected", file=sys.stderr)
+            continue
         for i, t in enumerate(truths):
             pixels = imageio.decode(t.path.read_bytes()).pixels
             if shrink:
@@ -148,11 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--choose", action="store_true", help="also choose the threshold by the rule and show it")
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     ap.add_argument("--shrink", type=int, default=0, metavar="W", help="photos scaled down to W px wide first")
+    ap.add_argument("--mosaic", action="store_true", help="photos tiled 2 x 2 into 1080p frames (screened)")
     ap.add_argument("--card", action="append", default=[], metavar="KEY=VALUE", help="plate card value, a trial")
     args = ap.parse_args(argv)
     settings = parse_settings(args.set)
     card = dict(c.split("=", 1) for c in args.card)
-    cache = detections(settings, args.shrink, card)
+    cache = detections(settings, args.shrink, card, args.mosaic)
     threshold = float(card.get("threshold") or Anonymizer().detector("plate").card.threshold)
     results = {"card": {"threshold": threshold, "rows": score(cache, threshold)}}
     print(f"at the card's threshold {threshold}:\n{table(results['card']['rows'])}\n")
