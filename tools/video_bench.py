@@ -4,7 +4,8 @@ or a flat picture without it). Each run is a fresh process, so ``ru_maxrss`` is 
 
     .venv/bin/python tools/video_bench.py                       # 720p and 1080p, 4 s each
     .venv/bin/python tools/video_bench.py --sizes 1080p --seconds 20 60   # memory vs length
-    .venv/bin/python tools/video_bench.py --detect-every 3      # detector on every 3rd frame
+    .venv/bin/python tools/video_bench.py --detect-every 1      # detector on every frame (default: DETECT_EVERY)
+    .venv/bin/python tools/video_bench.py --clips tests/assets/video/*.mp4   # real clips
     .venv/bin/python tools/video_bench.py --workflow --minutes 20 --detect-every 5   # local state machine
 
 Prints one line per run: size, frames, detect_every, fps end to end, fps of pass 1
@@ -22,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "layers" / "anonymizer"))
+from anonymizer.video import DETECT_EVERY  # noqa: E402
+
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 PHOTO = ROOT.parent / "shared" / "data" / "plates" / "romania-dashcam" / "images" / "nightride_type3_001_t5.jpg"
 
@@ -124,6 +128,7 @@ def run_one(clip: Path, detect_every: int) -> dict:
     frames = report["video"]["frames"]
     return {
         "frames": frames,
+        "looked": report["frames_looked"],
         "fps": report["fps"],
         "fps_pass1": round(frames / (t["pass1"] / 1000), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
     parser.add_argument("--seconds", nargs="+", type=float, default=[4.0])
-    parser.add_argument("--detect-every", type=int, default=1)
+    parser.add_argument("--detect-every", type=int, default=DETECT_EVERY)
+    parser.add_argument("--clips", nargs="+", type=Path, help="real clips instead of the synthetic pan")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one clip in this process
     parser.add_argument("--workflow", action="store_true", help="a long clip through the local state machine")
     parser.add_argument("--minutes", type=float, default=20.0, help="--workflow: clip length")
@@ -148,19 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_one(Path(args.one), args.detect_every)))
         return 0
-    print("size   frames  every  fps   fps(pass1)  peak_rss_MiB")
+    print("size   frames  every  looked  fps   fps(pass1)  peak_rss_MiB")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sizes:
+        runs = [(clip.name, clip) for clip in args.clips or []]
+        for name in [] if args.clips else args.sizes:
             for seconds in args.seconds:
                 clip = Path(tmp) / f"{name}-{seconds}.mp4"
                 make_clip(clip, SIZES[name], int(seconds * 25))
-                cmd = [sys.executable, __file__, "--one", str(clip), "--detect-every", str(args.detect_every)]
-                result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-                print(
-                    f"{name:6} {result['frames']:6}  {args.detect_every:5}  {result['fps']:5.1f} "
-                    f"{result['fps_pass1']:10.1f}  {result['peak_rss_mib']:10.0f}",
-                    flush=True,
-                )
+                runs.append((name, clip))
+        for name, clip in runs:
+            cmd = [sys.executable, __file__, "--one", str(clip), "--detect-every", str(args.detect_every)]
+            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            print(
+                f"{name:6} {result['frames']:6}  {args.detect_every:5}  {result['looked']:6}  {result['fps']:5.1f} "
+                f"{result['fps_pass1']:10.1f}  {result['peak_rss_mib']:10.0f}",
+                flush=True,
+            )
     return 0
 
 
