@@ -298,11 +298,11 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
 
 def ensure_1080p(n: int, folder: Path = BENCH_1080P) -> list[Path]:
-    """``n`` 1920x1080 JPEGs (quality 90) made from real photos: see bench.generate_images."""
+    """``n`` 1920x1080 JPEGs (quality 90) made from real photos: see bench_images.generate_images."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench
+    import bench_images
 
-    return bench.generate_images("1080p", n, folder)
+    return bench_images.generate_images("1080p", n, folder)
 
 
 def time_process(cmd: list[str], cwd: Path | None = None) -> dict:
