@@ -14,7 +14,7 @@ from video_clips import PHONE_TAGS, coco_objects, count_frames, pan_zoom, stream
 
 from anonymizer.options import Options
 from anonymizer.pipeline import Anonymizer, expand_box
-from anonymizer.video import io
+from anonymizer.video import DETECT_EVERY, io
 from anonymizer.video.evaluation import clip_figures, found_objects
 from anonymizer.video.pipeline import (
     Detected,
@@ -112,7 +112,9 @@ def test_faces_are_changed_in_the_output(faces_clip, anonymized) -> None:
             assert np.abs(crop_a - crop_b).mean() > 3, f"frame {a.index}: a face left as it was"
 
 
-def _figures(detected: Detected, labels: list, settings: VideoSettings) -> dict[str, dict]:
+def _figures(
+    detected: Detected, labels: list, settings: VideoSettings, size: tuple[int, int] = SIZE
+) -> dict[str, dict]:
     found: dict[int, list] = {}
     for track in detected.tracks:  # what the image detector alone finds, frame by frame
         for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
@@ -122,7 +124,7 @@ def _figures(detected: Detected, labels: list, settings: VideoSettings) -> dict[
     out = {}
     for smooth in (False, True):
         at = covered_boxes(detected.tracks, replace(settings, smooth=smooth), detected.frames)
-        covered = [[(t.label, b, expand_box(b, 0.15, *SIZE)) for t, b in at(f)] for f in range(detected.frames)]
+        covered = [[(t.label, b, expand_box(b, 0.15, *size)) for t, b in at(f)] for f in range(detected.frames)]
         out["smoothed" if smooth else "per-frame"] = clip_figures(labels, covered, ids).to_dict()
     return out
 
@@ -143,6 +145,34 @@ def test_smoothing_leaves_no_found_face_bare(anonymizer, faces_clip, detected, e
     assert per_frame["bare_found"] > 0  # the shaken frames do make the detector blink
     assert smoothed["recall"] > per_frame["recall"] and smoothed["recall"] >= 0.9
     assert smoothed["bare_found"] == 0  # the goal
+
+
+PLATES_PHOTO = "images/dayride_type1_003_t45.jpg"  # validation split: 3 plates, 66-125 px wide
+PLATES = Options(targets=("plate",))
+
+
+@pytest.fixture(scope="module")
+def plates_clip(shared_data: Path, tmp_path_factory) -> tuple[Path, list]:
+    """A pan to the right over a dashcam frame (a plate leaves at the left edge), zooming in."""
+    image, objects = coco_objects(shared_data / "plates" / "romania-dashcam", PLATES_PHOTO)
+    frames, labels = pan_zoom(
+        image, objects, frames=48, size=(640, 360), start=(500, 420, 900), end=(850, 420, 700), shake=SHAKE
+    )
+    return write_clip(tmp_path_factory.mktemp("video") / "plates.mp4", frames), labels
+
+
+@pytest.mark.parametrize("every", [1, DETECT_EVERY])
+def test_smoothing_leaves_no_found_plate_bare(anonymizer, plates_clip, every: int) -> None:
+    """The same goal for plates (plate verifier on, as shipped): 0 bare frames for every plate
+    found at least once, with the detector on every frame and at the default."""
+    settings = VideoSettings(detect_every=every)
+    detected = detect_tracks(anonymizer, plates_clip[0], PLATES, settings)
+    figures = _figures(detected, plates_clip[1], settings, size=(640, 360))
+    print(f"\nplates pan/zoom clip, detect every {every} ({detected.looked} frames looked at):", json.dumps(figures))
+    smoothed = figures["smoothed"]
+    assert smoothed["found_objects"] >= 2
+    assert smoothed["recall"] >= figures["per-frame"]["recall"] and smoothed["recall"] >= 0.9
+    assert smoothed["bare_found"] == 0
 
 
 def test_deform_is_stable_over_time(anonymizer, astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
