@@ -6,7 +6,8 @@ GET / (the page) and GET /options (its form, from the option table).
 
 Environment: OUTPUT_BUCKET, UPLOAD_BUCKET, UPLOAD_PREFIX, MAX_OBJECT_BYTES, PRESIGNED_URL_EXPIRES,
 VIDEO_WORK_BUCKET and VIDEO_MAX_OBJECT_BYTES (video uploads and their progress; set only with
-video enabled), ANONYMIZER_* (option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE, POWERTOOLS_LOG_LEVEL.
+video enabled), ANONYMIZER_* (option defaults), POWERTOOLS_SERVICE_NAME, POWERTOOLS_METRICS_NAMESPACE,
+POWERTOOLS_LOG_LEVEL.
 The API must list binary media types ``*/*`` so that images pass through as bytes.
 """
 
