@@ -344,18 +344,24 @@ def export(model: nn.Module, out: Path) -> str:
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=MODELS / "face-verifier.onnx")
-    parser.add_argument("--epochs", type=int, default=12)
+def verifier_arguments(description: str, *, cache: Path, out: Path, epochs: int) -> argparse.ArgumentParser:
+    """The options every verifier's training takes (the face and the plate one)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cache", type=Path, default=cache)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--width", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, help="start from these weights (a state_dict)")
     parser.add_argument("--from-checkpoint", action="store_true", help="no training: export the cached weights")
+    return parser
+
+
+def main() -> None:
+    parser = verifier_arguments(__doc__.splitlines()[0], cache=CACHE, out=MODELS / "face-verifier.onnx", epochs=12)
+    parser.add_argument("--init", type=Path, help="start from these weights (a state_dict)")
     train(parser.parse_args())
 
 

@@ -17,7 +17,6 @@ Recipe (figures in models/plate-verifier.md):
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -35,7 +34,7 @@ from tools.plate_validation import pooled  # the pooled row exactly as the valid
 
 from .plate_verifier_data import AUDIT, CACHE, VAL_FLOOR, audited, key, label_proposals, load_proposals
 from .plates_data import SOURCES
-from .train_face_verifier import MODELS, SIZE, TinyVerifier, export, fit, jitter, predict, to_tensor
+from .train_face_verifier import MODELS, SIZE, TinyVerifier, export, fit, jitter, predict, to_tensor, verifier_arguments
 
 CONTEXT = 2.0  # crop side / proposal's longer side (a plate and the car around it)
 BASE_THRESHOLD = 0.425  # plate v5 alone (plate.json before the verifier): the figures to beat
@@ -218,16 +217,7 @@ def _brief(rows: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=MODELS / "plate-verifier.onnx")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--width", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--from-checkpoint", action="store_true", help="no training: export the cached weights")
+    parser = verifier_arguments(__doc__.splitlines()[0], cache=CACHE, out=MODELS / "plate-verifier.onnx", epochs=8)
     train(parser.parse_args())
 
 
