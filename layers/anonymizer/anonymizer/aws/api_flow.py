@@ -58,7 +58,6 @@ from ..options import (
     options_from_env,
     parse_options,
 )
-from ..video import DETECT_EVERY
 from ..video import progress as video_progress
 from ..video.start import DEFAULT_VIDEO_MAX_BYTES, VIDEO_OPTION_KEYS, VIDEO_UPLOAD_SUFFIX, job_id
 from . import LOCAL_ONLY_EFFECTS, report_counts, request_option_values
@@ -326,13 +325,7 @@ def _video_upload_values(values: dict[str, str], config: ApiConfig) -> dict[str,
     from ..video.pipeline import VideoSettings
 
     video = {normalize_key(k): values.pop(k) for k in list(values) if normalize_key(k) in VIDEO_OPTION_KEYS}
-    try:
-        settings = VideoSettings(
-            audio=video.get("audio", "keep"), detect_every=int(video.get("detect_every", DETECT_EVERY))
-        )
-    except ValueError:
-        raise InvalidOptionsError("detect_every must be an integer") from None
-    settings.validate()
+    VideoSettings().with_values(video)
     return video
 
 

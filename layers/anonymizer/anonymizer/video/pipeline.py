@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,20 @@ class VideoSettings:
             raise InvalidOptionsError("tracks.max_gap and tracks.pad must span the frames between detections")
         if not 0 <= self.crf <= 51:
             raise InvalidOptionsError("crf must be 0-51")
+
+    def with_values(self, values: Mapping[str, str]) -> VideoSettings:
+        """These settings with the video-only options of a request or an object's metadata
+        (``audio``, ``detect_every``; see ``start.VIDEO_OPTION_KEYS``) applied and checked."""
+        settings = self
+        try:
+            if "audio" in values:
+                settings = replace(settings, audio=values["audio"])
+            if "detect_every" in values:
+                settings = replace(settings, detect_every=int(values["detect_every"]))
+        except ValueError as exc:
+            raise InvalidOptionsError("detect_every must be an integer") from exc
+        settings.validate()
+        return settings
 
 
 @dataclass

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 from .. import __version__
 from ..aws.storage import OWNER_METADATA
-from ..errors import AnonymizerError, InvalidOptionsError
+from ..errors import AnonymizerError
 from ..options import Options, options_from_env, parse_options
 from . import DETECT_EVERY, io, progress
 from .pipeline import VideoSettings, anonymize_segment
@@ -98,16 +98,7 @@ def _options(s3: Any, source: Mapping[str, Any], head: Mapping[str, Any], config
     values = dict(object_option_values(head.get("Metadata", {}), tags))
     video = {k: values.pop(k) for k in VIDEO_OPTION_KEYS if k in values}
     options = parse_options(request_option_values(values, "object metadata/tags"), defaults=config.defaults)
-    settings = config.settings
-    try:
-        if "audio" in video:
-            settings = replace(settings, audio=video["audio"])
-        if "detect_every" in video:
-            settings = replace(settings, detect_every=int(video["detect_every"]))
-    except ValueError as exc:
-        raise InvalidOptionsError("detect_every must be an integer") from exc
-    settings.validate()
-    return values, video, options, settings
+    return values, video, options, config.settings.with_values(video)
 
 
 def _work_key(job: str, name: str) -> str:
