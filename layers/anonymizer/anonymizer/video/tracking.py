@@ -103,7 +103,7 @@ class Tracker:
         (undetected for more than ``max_gap`` frames), so a caller can let go of them."""
         dets = list(detections)
         ended = [t for t in self._active if frame - t.last > self.settings.max_gap]
-        self._active = [t for t in self._active if frame - t.last <= self.settings.max_gap]
+        self._active = self._alive(frame)
         used_d = set()
         for ti, di in self._pairs(self._active, frame, dets):
             used_d.add(di)
@@ -130,7 +130,7 @@ class Tracker:
         detections (between the track and the full threshold) come and go without a dense look:
         they only extend tracks."""
         dets = list(detections)
-        tracks = [t for t in self._active if frame - t.last <= self.settings.max_gap]
+        tracks = self._alive(frame)
         pairs = self._pairs(tracks, frame, dets)
         linked_t, linked_d = {ti for ti, _ in pairs}, {di for _, di in pairs}
         new = any(di not in linked_d and score >= thresholds[label] for di, (label, score, _) in enumerate(dets))
@@ -139,6 +139,10 @@ class Tracker:
             for ti, t in enumerate(tracks)
         )
         return not (new or lost)
+
+    def _alive(self, frame: int) -> list[Track]:
+        """The active tracks still linkable at ``frame`` (undetected for at most ``max_gap`` frames)."""
+        return [t for t in self._active if frame - t.last <= self.settings.max_gap]
 
     def _pairs(self, tracks: list[Track], frame: int, dets: list[tuple[str, float, Box]]) -> list[tuple[int, int]]:
         """Greedy one-to-one links (track index, detection index), best overlap first."""
