@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -49,6 +49,13 @@ def shrunk(truth: ImageTruth, pixels: np.ndarray, width: int) -> tuple[ImageTrut
     small = cv2.resize(pixels, (width, max(1, round(pixels.shape[0] * f))), interpolation=cv2.INTER_AREA)
     boxes = {k: v * f for k, v in truth.boxes.items()}
     return replace(truth, width=small.shape[1], height=small.shape[0], boxes=boxes), small
+
+
+def photos(truths: list[ImageTruth], shrink: int = 0) -> Iterator[tuple[ImageTruth, np.ndarray]]:
+    """Each validation photo as it is, or scaled down to ``shrink`` px wide (see :func:`shrunk`)."""
+    for truth in truths:
+        pixels = imageio.decode(truth.path.read_bytes()).pixels
+        yield shrunk(truth, pixels, shrink) if shrink else (truth, pixels)
 
 
 def mosaics(truths: list[ImageTruth]) -> Iterator[tuple[ImageTruth, np.ndarray]]:
@@ -80,34 +87,28 @@ def detections(
     engine = Anonymizer()
     if card:  # a trial of other card values (e.g. min_side), never written
         detector = engine.detector("plate")
-        types = {f.name: f.type for f in fields(detector.card)}
-        detector.card = replace(detector.card, **{k: _typed(types[k], v) for k, v in card.items()})
+        detector.card = replace(detector.card, **{k: _value(v) for k, v in card.items()})
     out = {}
     for src in SOURCES:
         if not Path(src.root, "annotations.json").exists():
             continue
         truths = load_coco(Path(src.root), splits[src.name]["val_image_ids"])
-        found = {}
-        if mosaic:
-            frames = list(mosaics(truths))
-            truths = [t for t, _ in frames]
-            for t, pixels in frames:
-                found[t.image_id] = engine.detect_pixels(pixels, options, FLOOR)
-            out[src.name] = (truths, found)
-            print(f"{src.name}: {len(truths)} 1080p mosaics detected", file=sys.stderr)
-            continue
-        for i, t in enumerate(truths):
-            pixels = imageio.decode(t.path.read_bytes()).pixels
-            if shrink:
-                truths[i], pixels = shrunk(t, pixels, shrink)
-            found[t.image_id] = engine.detect_pixels(pixels, options, FLOOR)
-        out[src.name] = (truths, found)
-        print(f"{src.name}: {len(truths)} images detected", file=sys.stderr)
+        samples = mosaics(truths) if mosaic else photos(truths, shrink)
+        seen, found = [], {}
+        for truth, pixels in samples:  # one frame in memory at a time
+            seen.append(truth)
+            found[truth.image_id] = engine.detect_pixels(pixels, options, FLOOR)
+        out[src.name] = (seen, found)
+        print(f"{src.name}: {len(seen)} {'1080p mosaics' if mosaic else 'images'} detected", file=sys.stderr)
     return out
 
 
-def _typed(kind: object, value: str) -> object:
-    return {"int": int, "float": float}.get(str(kind), float if "float" in str(kind) else int)(value)
+def _value(text: str) -> object:
+    """A card value from the command line: a JSON number, bool or null, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def score(cache: dict, threshold: float) -> dict[str, dict]:
