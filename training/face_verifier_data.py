@@ -51,9 +51,9 @@ CAR_FACES = Path(__file__).resolve().parent / "car_faces.json"  # the audit of t
 REAL_IOU = 0.3  # a box this close to an audited box is that box
 
 
-def proposal_detector() -> CenterNetDetector:
-    """Today's face detector without any verifier: what the second stage gets to see."""
-    return CenterNetDetector(replace(ModelCard.load("face"), verifier=None), threads=1)
+def proposal_detector(label: str = "face") -> CenterNetDetector:
+    """Today's detector of ``label`` without any verifier: what the second stage gets to see."""
+    return CenterNetDetector(replace(ModelCard.load(label), verifier=None), threads=1)
 
 
 def validation_ids(source: str, items=None) -> set[int]:
@@ -115,11 +115,11 @@ def audited(kind: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in data.items()}
 
 
-def near(boxes: np.ndarray, marked: np.ndarray | None) -> np.ndarray:
-    """A flag per box: True when it is one of the ``marked`` boxes (IoU >= ``REAL_IOU``)."""
+def near(boxes: np.ndarray, marked: np.ndarray | None, iou: float = REAL_IOU) -> np.ndarray:
+    """A flag per box: True when it is one of the ``marked`` boxes (IoU >= ``iou``)."""
     if marked is None or not len(marked) or not len(boxes):
         return np.zeros(len(boxes), bool)
-    return iou_matrix(boxes, marked).max(1) >= REAL_IOU
+    return iou_matrix(boxes, marked).max(1) >= iou
 
 
 def load_proposals(source: str, cache: Path = CACHE) -> list[dict]:

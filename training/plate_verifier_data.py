@@ -25,16 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from anonymizer import imageio
-from anonymizer.detection import CenterNetDetector, ModelCard
+from anonymizer.detection import ModelCard
 from anonymizer_local.evaluation import iou_matrix
 
+from .face_verifier_data import near, proposal_detector
 from .plates_data import IGNORE, SOURCES, Source, load_coco, read_splits
 
 CACHE = Path("/tmp/anonymizer-plate-verifier")
@@ -43,13 +43,7 @@ TRAIN_FLOOR = 0.1  # proposals the verifier learns from
 VAL_FLOOR = 0.05  # as tools/plate_validation.py: every threshold of its grid is scored from these
 POSITIVE_IOU = 0.4
 NEGATIVE_IOU = 0.1
-REAL_IOU = 0.3  # a proposal this close to an audited box is that plate
 MAX_TRAIN = {"open-lpr": 900}  # CPU budget: a fixed, evenly spaced subset of its 2,323 training photos
-
-
-def proposal_detector() -> CenterNetDetector:
-    """The shipped plate detector without any verifier: what the second stage gets to see."""
-    return CenterNetDetector(replace(ModelCard.load("plate"), verifier=None), threads=1)
 
 
 def key(source: str, image_id: int) -> str:
@@ -69,7 +63,7 @@ def image_ids(src: Source, split: str, items) -> list:
 def make_proposals(cache: Path = CACHE, splits: tuple[str, ...] = ("val", "train")) -> None:
     """``<split>-<source>.json`` in ``cache``: per image its plates, ignore regions and proposals."""
     cache.mkdir(parents=True, exist_ok=True)
-    detector = proposal_detector()
+    detector = proposal_detector("plate")  # the shipped detector without its verifier
     ignore = json.loads(Path(IGNORE).read_text()) if Path(IGNORE).exists() else {}
     for split in splits:
         floor = VAL_FLOOR if split == "val" else TRAIN_FLOOR
@@ -114,13 +108,6 @@ def audited() -> dict[str, dict[str, np.ndarray]]:
         kind: {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in data.get(kind, {}).items()}
         for kind in ("plates", "checked", "unsure")
     }
-
-
-def near(boxes: np.ndarray, marked: np.ndarray | None, iou: float = REAL_IOU) -> np.ndarray:
-    """A flag per box: True when it overlaps one of ``marked`` by at least ``iou``."""
-    if marked is None or not len(marked) or not len(boxes):
-        return np.zeros(len(boxes), bool)
-    return iou_matrix(boxes, marked).max(1) >= iou
 
 
 def in_ignore(boxes: np.ndarray, ignore: np.ndarray) -> np.ndarray:
