@@ -161,3 +161,30 @@ def coco_objects(
         if a["image_id"] == image["id"]
     ]
     return cv2.imread(str(folder / file_name)), objects
+
+
+def video_figures(detected, labels: list, settings, size: tuple[int, int], options) -> dict[str, dict]:
+    """Per-frame recall and bare frames of a pass-1 result (``Detected``) against labelled frames,
+    without smoothing and with it. Found = matched by a full-threshold detection on some frame of
+    this run; covered regions = the boxes grown by each label's margin in ``options``, as rendered."""
+    from dataclasses import replace
+
+    from anonymizer.pipeline import expand_box
+    from anonymizer.video.evaluation import clip_figures, found_objects
+    from anonymizer.video.pipeline import covered_boxes
+
+    found: dict[int, list] = {}
+    for track in detected.tracks:  # what the image detector alone finds, frame by frame
+        for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
+            if score >= detected.thresholds[track.label]:
+                found.setdefault(f, []).append((track.label, box))
+    ids = found_objects(labels, found)
+    out = {}
+    for smooth in (False, True):
+        at = covered_boxes(detected.tracks, replace(settings, smooth=smooth), detected.frames)
+        covered = [
+            [(t.label, b, expand_box(b, options.for_target(t.label).margin, *size)) for t, b in at(f)]
+            for f in range(detected.frames)
+        ]
+        out["smoothed" if smooth else "per-frame"] = clip_figures(labels, covered, ids).to_dict()
+    return out

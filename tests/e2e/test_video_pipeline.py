@@ -10,17 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from video_clips import PHONE_TAGS, coco_objects, count_frames, pan_zoom, stream_packets, write_clip
+from video_clips import PHONE_TAGS, coco_objects, count_frames, pan_zoom, stream_packets, video_figures, write_clip
 
 from anonymizer.options import Options
-from anonymizer.pipeline import Anonymizer, expand_box
+from anonymizer.pipeline import Anonymizer
 from anonymizer.video import DETECT_EVERY, io
-from anonymizer.video.evaluation import clip_figures, found_objects
 from anonymizer.video.pipeline import (
     Detected,
     VideoSettings,
     anonymize_video,
-    covered_boxes,
     detect_tracks,
     render,
     video_report,
@@ -112,23 +110,6 @@ def test_faces_are_changed_in_the_output(faces_clip, anonymized) -> None:
             assert np.abs(crop_a - crop_b).mean() > 3, f"frame {a.index}: a face left as it was"
 
 
-def _figures(
-    detected: Detected, labels: list, settings: VideoSettings, size: tuple[int, int] = SIZE
-) -> dict[str, dict]:
-    found: dict[int, list] = {}
-    for track in detected.tracks:  # what the image detector alone finds, frame by frame
-        for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
-            if score >= detected.thresholds[track.label]:
-                found.setdefault(f, []).append((track.label, box))
-    ids = found_objects(labels, found)
-    out = {}
-    for smooth in (False, True):
-        at = covered_boxes(detected.tracks, replace(settings, smooth=smooth), detected.frames)
-        covered = [[(t.label, b, expand_box(b, 0.15, *size)) for t, b in at(f)] for f in range(detected.frames)]
-        out["smoothed" if smooth else "per-frame"] = clip_figures(labels, covered, ids).to_dict()
-    return out
-
-
 @pytest.mark.parametrize("every", [1, 4])
 def test_smoothing_leaves_no_found_face_bare(anonymizer, faces_clip, detected, every: int) -> None:
     """Detected only on frames (every k-th, at the full threshold): blinks leave faces bare.
@@ -138,7 +119,7 @@ def test_smoothing_leaves_no_found_face_bare(anonymizer, faces_clip, detected, e
     if every != 1:
         detected = detect_tracks(anonymizer, faces_clip[0], FACES, settings)
         assert detected.looked < detected.frames  # sparse: frames were skipped
-    figures = _figures(detected, faces_clip[1], settings)
+    figures = video_figures(detected, faces_clip[1], settings, SIZE, FACES)
     print(f"\nfaces pan/zoom clip, detect every {every} ({detected.looked} frames looked at):", json.dumps(figures))
     per_frame, smoothed = figures["per-frame"], figures["smoothed"]
     assert smoothed["found_objects"] >= 6
@@ -167,7 +148,7 @@ def test_smoothing_leaves_no_found_plate_bare(anonymizer, plates_clip, every: in
     found at least once, with the detector on every frame and at the default."""
     settings = VideoSettings(detect_every=every)
     detected = detect_tracks(anonymizer, plates_clip[0], PLATES, settings)
-    figures = _figures(detected, plates_clip[1], settings, size=(640, 360))
+    figures = video_figures(detected, plates_clip[1], settings, (640, 360), PLATES)
     print(f"\nplates pan/zoom clip, detect every {every} ({detected.looked} frames looked at):", json.dumps(figures))
     smoothed = figures["smoothed"]
     assert smoothed["found_objects"] >= 2

@@ -6,18 +6,17 @@ setting. Matroska in, MP4 out. ``pytest tests/e2e/test_video_real_clip.py -s`` p
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from video_clips import count_frames
+from video_clips import count_frames, video_figures
 
 from anonymizer.options import Options
-from anonymizer.pipeline import Anonymizer, expand_box
+from anonymizer.pipeline import Anonymizer
 from anonymizer.video import DETECT_EVERY, io
-from anonymizer.video.evaluation import Labelled, clip_figures, found_objects
-from anonymizer.video.pipeline import Detected, VideoSettings, anonymize_video, covered_boxes, detect_tracks
+from anonymizer.video.evaluation import Labelled
+from anonymizer.video.pipeline import Detected, VideoSettings, anonymize_video, detect_tracks
 
 pytest.importorskip("av")
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "video"
@@ -51,30 +50,12 @@ def _detected(anonymizer: Anonymizer, name: str, every: int) -> Detected:
     return _RUNS[name, every]
 
 
-def _figures(detected: Detected, labels: list[list[Labelled]], settings: VideoSettings, size) -> dict[str, dict]:
-    """As tests/e2e/test_video_pipeline.py: found = matched by a full-threshold detection on
-    some frame of this run; covered regions = the boxes with the face margin, as rendered."""
-    found: dict[int, list] = {}
-    for track in detected.tracks:
-        for f, box, score in zip(track.frames, track.boxes, track.scores, strict=True):
-            if score >= detected.thresholds[track.label]:
-                found.setdefault(f, []).append((track.label, box))
-    ids = found_objects(labels, found)
-    out = {}
-    for smooth in (False, True):
-        at = covered_boxes(detected.tracks, replace(settings, smooth=smooth), detected.frames)
-        margin = FACES.face.margin
-        covered = [[(t.label, b, expand_box(b, margin, *size)) for t, b in at(f)] for f in range(detected.frames)]
-        out["smoothed" if smooth else "per-frame"] = clip_figures(labels, covered, ids).to_dict()
-    return out
-
-
 def _clip_figures(anonymizer: Anonymizer, name: str, every: int, *, turned_away: bool = False) -> dict[str, dict]:
     clip = ASSETS / name
     labels = _labels(clip, turned_away=turned_away)
     detected = _detected(anonymizer, name, every)
     info = io.probe_video(clip)
-    figures = _figures(detected, labels, VideoSettings(detect_every=every), (info.width, info.height))
+    figures = video_figures(detected, labels, VideoSettings(detect_every=every), (info.width, info.height), FACES)
     what = " (turned-away frames counted)" if turned_away else ""
     print(f"\n{name}{what}, detect every {every} ({detected.looked} frames looked at):", json.dumps(figures))
     assert detected.frames == len(labels) and figures["smoothed"]["found_objects"] >= 1
