@@ -250,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if "plate" in targets and not plate_ok:
         print(f"{plate_note}; continuing with faces only", file=sys.stderr)
         targets = "face"
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import deface_baseline as db
+    import deface_baseline as db  # tools/ is on sys.path (top of this file)
 
     record = {
         "provenance": db.provenance(),

@@ -22,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "layers" / "anonymizer"))
-from anonymizer.video import DETECT_EVERY  # noqa: E402
+from anonymizer.video import DETECT_EVERY
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 PHOTO = ROOT.parent / "shared" / "data" / "plates" / "romania-dashcam" / "images" / "nightride_type3_001_t5.jpg"
 
