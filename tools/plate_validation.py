@@ -88,6 +88,8 @@ def detections(
     if card:  # a trial of other card values (e.g. min_side), never written
         detector = engine.detector("plate")
         detector.card = replace(detector.card, **{k: _value(v) for k, v in card.items()})
+        if "verifier" in card and not detector.card.verifier:  # --card verifier=null: the detector alone
+            detector.verifier = None
     out = {}
     for src in SOURCES:
         if not Path(src.root, "annotations.json").exists():
@@ -101,6 +103,22 @@ def detections(
         out[src.name] = (seen, found)
         print(f"{src.name}: {len(seen)} {'1080p mosaics' if mosaic else 'images'} detected", file=sys.stderr)
     return out
+
+
+def dump(cache: dict, path: Path) -> None:
+    """Every validation image's labelled plates and detections down to FLOOR, for study offline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for name, (truths, found) in cache.items():
+            for truth in truths:
+                row = {
+                    "source": name,
+                    "image_id": truth.image_id,
+                    "size": [truth.width, truth.height],
+                    "plates": np.asarray(truth.boxes.get("plate", np.zeros((0, 4)))).round(1).tolist(),
+                    "detections": [[*map(float, d.box), d.score] for d in found[truth.image_id]],
+                }
+                out.write(json.dumps(row) + "\n")
 
 
 def _value(text: str) -> object:
@@ -181,10 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shrink", type=int, default=0, metavar="W", help="photos scaled down to W px wide first")
     ap.add_argument("--mosaic", action="store_true", help="photos tiled 2 x 2 into 1080p frames (screened)")
     ap.add_argument("--card", action="append", default=[], metavar="KEY=VALUE", help="plate card value, a trial")
+    ap.add_argument("--dump", type=Path, help="also write every image's boxes and detections (JSON lines) here")
     args = ap.parse_args(argv)
     settings = parse_settings(args.set)
     card = dict(c.split("=", 1) for c in args.card)
     cache = detections(settings, args.shrink, card, args.mosaic)
+    if args.dump:
+        dump(cache, args.dump)
     threshold = float(card.get("threshold") or Anonymizer().detector("plate").card.threshold)
     results = {"card": {"threshold": threshold, "rows": score(cache, threshold)}}
     print(f"at the card's threshold {threshold}:\n{table(results['card']['rows'])}\n")

@@ -43,7 +43,8 @@ TRAIN_FLOOR = 0.1  # proposals the verifier learns from
 VAL_FLOOR = 0.05  # as tools/plate_validation.py: every threshold of its grid is scored from these
 POSITIVE_IOU = 0.4
 NEGATIVE_IOU = 0.1
-MAX_TRAIN = {"open-lpr": 900}  # CPU budget: a fixed, evenly spaced subset of its 2,323 training photos
+MAX_TRAIN: dict[str, int] = {}  # per source, a fixed, evenly spaced subset (verifier 1: open-lpr 900 of 2,323)
+CHECKED_IOU = 0.6  # a proposal this close to a box the audit found not to be a plate is that same thing
 
 
 def key(source: str, image_id: int) -> str:
@@ -138,7 +139,7 @@ def label_proposals(record: dict, audit: dict | None = None, trust_labels: bool 
     labels[iou >= POSITIVE_IOU] = 1
     negative = (iou < NEGATIVE_IOU) & ~in_ignore(boxes, np.asarray(record["ignore"], np.float32).reshape(-1, 4))
     if record["source"] == "openimages-dev" and not trust_labels:
-        negative &= near(boxes, audit["checked"].get(k), 0.9)
+        negative &= near(boxes, audit["checked"].get(k), CHECKED_IOU)
     labels[negative] = 0
     labels[near(boxes, audit["unsure"].get(k))] = -1
     labels[near(boxes, audit["plates"].get(k))] = 1

@@ -8,6 +8,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 
 import cv2
 import numpy as np
@@ -171,6 +172,7 @@ def read_splits(path: str = SPLITS) -> dict:
 
 
 IGNORE = os.path.join(REPO, "build", "data", "ignore.json")  # training.ignore_regions
+AUDIT = os.path.join(os.path.dirname(__file__), "plate_audit.json")  # the plate verifier's audit by eye
 
 
 def load_parts(splits: dict | None = None) -> dict[str, list[Item]]:
@@ -183,22 +185,58 @@ def load_parts(splits: dict | None = None) -> dict[str, list[Item]]:
         parts["train"] += [i for i in items if i.image_id not in val_ids]
         parts[f"val/{s.name}"] = [i for i in items if i.image_id in val_ids]
         parts["val"] += parts[f"val/{s.name}"]
+    add_audited_plates(parts["train"])
     apply_ignore(parts["train"])
     return parts
 
 
-def apply_ignore(items: list[Item], path: str = IGNORE) -> int:
-    """Set each training item's ignore boxes from ``training.ignore_regions``' file (re-read every
-    epoch, as that scan may still be running); returns how many boxes were set."""
+def _audit(path: str = AUDIT) -> dict:
     if not os.path.exists(path):
-        return 0
+        return {}
     with open(path) as f:
-        ignore = json.load(f)
-    n = 0
+        return json.load(f)
+
+
+def _audited(audit: dict, kind: str, it: Item) -> np.ndarray:
+    return np.array(audit.get(kind, {}).get(f"{it.source}/{it.image_id}", []), np.float32).reshape(-1, 4)
+
+
+def add_audited_plates(items: list[Item], path: str = AUDIT) -> int:
+    """Real plates the labels miss, found by eye in the verifier's audit (training photos only),
+    become positives: unboxed, they would teach the detector to miss plates like them."""
+    audit, n = _audit(path), 0
     for it in items:
-        it.ignore = np.array(ignore.get(it.source, {}).get(str(it.image_id), []), np.float32).reshape(-1, 4)
+        extra = _audited(audit, "plates", it)
+        if len(extra):
+            it.boxes = np.vstack([it.boxes, extra]).astype(np.float32)
+            n += len(extra)
+    return n
+
+
+def apply_ignore(items: list[Item], path: str = IGNORE, audit_path: str = AUDIT) -> int:
+    """Set each training item's ignore boxes from ``training.ignore_regions``' file (re-read every
+    epoch, as that scan may still be running) and the audit's unsure boxes, less the scanned boxes
+    the audit found not to be plates (those stay negatives); returns how many boxes were set."""
+    ignore = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            ignore = json.load(f)
+    audit, n = _audit(audit_path), 0
+    for it in items:
+        scanned = np.array(ignore.get(it.source, {}).get(str(it.image_id), []), np.float32).reshape(-1, 4)
+        checked = _audited(audit, "checked", it)  # looked at: not plates, so they stay negatives
+        if len(scanned) and len(checked):
+            scanned = scanned[_iou(scanned, checked).max(1) < 0.3]
+        it.ignore = np.vstack([scanned, _audited(audit, "unsure", it)]).astype(np.float32)
         n += len(it.ignore)
     return n
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
 
 
 def face_backgrounds() -> list[str]:
@@ -227,6 +265,26 @@ def _map_boxes(M: np.ndarray, boxes: np.ndarray, S: int, min_visible: float) -> 
 # ---------------------------------------------------------------------------------------------
 # working resolution (inference input policy) -- the same function is used by eval and calibration
 MIN_LONG_SIDE = 416  # chosen on the threshold-choice images (640 -> web AP50 0.86, 416 -> 0.95)
+
+
+def inference_scale(shape: tuple[int, ...]) -> float:
+    """The scale the product sees a photo at: small ones upscaled to the card's ``min_side``,
+    the rest at native size (bigger ones too: their native tiles find the small plates).
+
+    Until v5 the generator used 416 / long side for every source but the dashcam, so a 960 px
+    web photo was drawn at 0.43x although the product looks at it 1:1: its background
+    negatives (signs, text, badges) were never seen at the scale they are met.
+    """
+    from anonymizer.detection import working_scale
+
+    return max(1.0, working_scale(shape[1], shape[0], _card_min_side(), 10**9))
+
+
+@cache
+def _card_min_side() -> int:
+    from anonymizer.detection import ModelCard
+
+    return ModelCard.load("plate").min_side
 
 
 def working_image(bgr: np.ndarray, min_long: int = MIN_LONG_SIDE):
@@ -405,7 +463,7 @@ class SampleGenerator:
         b = it.boxes[rng.randint(len(it.boxes))]
         bw = b[2] - b[0]
         if rng.rand() < 0.35:  # near the inference scale
-            f = (1.0 if it.source == "romania-dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.7, 1.3)
+            f = inference_scale(im.shape) * rng.uniform(0.7, 1.3)
             f = min(f, 0.9 * S / bw)
         else:
             f = self._target_width(S) / bw
@@ -414,7 +472,7 @@ class SampleGenerator:
         half = min(bw * f / 2, S / 2 - 1)
         c_dst = (rng.uniform(half * 0.6, S - half * 0.6), rng.uniform(0.1 * S, 0.9 * S))
         if rng.rand() < 0.25:  # anywhere in the frame at the inference scale: background negatives
-            f = (1.0 if it.source == "romania-dashcam" else MIN_LONG_SIDE / max(im.shape[:2])) * rng.uniform(0.6, 1.4)
+            f = inference_scale(im.shape) * rng.uniform(0.6, 1.4)
             c_src = (rng.uniform(0, im.shape[1]), rng.uniform(0, im.shape[0]))
             c_dst = (S / 2, S / 2)
         return self._warp(im, it.boxes, S, f, c_src, c_dst, it.ignore)

@@ -62,11 +62,11 @@ def test_a_labelled_plate_passes_and_plain_road_and_sky_do_not(verifier, shared_
     plates = _labelled_plates(shared_data)
     assert len(plates) == 6
     probs = np.array([verifier.probabilities(image, [box])[0] for image, box in plates])
-    cut = verifier.card.threshold or 0.5  # the floor under which a proposal is dropped
-    assert (probs >= cut).all() and np.median(probs) >= 0.5, probs
+    floor = verifier.card.threshold  # under it a proposal is dropped whatever the detector says
+    assert (probs >= floor).all() and (probs >= 0.5).sum() >= len(probs) - 1, probs
     rng = np.random.RandomState(0)
     sky = np.tile(np.linspace(255, 170, 400)[:, None, None], (1, 600, 1)) * np.array([1.0, 0.85, 0.6])
     road = np.clip(rng.normal(100, 12, (400, 600, 1)), 0, 255) * np.ones(3)
     scene = np.vstack([sky, road]).astype(np.uint8)  # blue-grey sky over grey asphalt (BGR)
     empty = [(100, 100, 220, 140), (300, 150, 400, 175), (100, 550, 220, 590), (350, 650, 470, 680)]
-    assert (verifier.probabilities(scene, empty) < cut).all()
+    assert (verifier.probabilities(scene, empty) < 0.5).all()

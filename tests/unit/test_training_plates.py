@@ -97,3 +97,36 @@ def test_ignore_regions_switch_off_negatives_only_there():
     wt = ignore_weights(np.array([[40, 40, 80, 60]], np.float32), 320)
     assert wt.shape == (1, 80, 80)
     assert wt[0, 10:15, 10:20].max() == 0 and wt.sum() == 80 * 80 - 5 * 10
+
+
+def test_training_draws_photos_at_the_scale_the_product_sees_them():
+    """Small photos are upscaled to the plate card's min_side, the rest looked at 1:1 (bigger ones
+    by their native tiles): training crops 'at the inference scale' must use the same factor."""
+    from anonymizer.detection import ModelCard
+    from training.plates_data import inference_scale
+
+    min_side = ModelCard.load("plate").min_side
+    assert inference_scale((min_side // 2, min_side // 4, 3)) == pytest.approx(2.0)
+    assert inference_scale((720, 960, 3)) == 1.0
+    assert inference_scale((2160, 3840, 3)) == 1.0
+
+
+def test_the_audit_adds_real_plates_and_keeps_checked_non_plates_as_negatives(tmp_path):
+    """Plates the labels miss (found by eye) become positives; boxes looked at and found not to be
+    plates are never switched off by the scanned ignore regions; unsure ones are ignored."""
+    import json
+
+    from training import plates_data as D
+
+    item = D.Item("x.jpg", 7, np.array([[0, 0, 10, 5]], np.float32), "open-lpr")
+    audit = {
+        "plates": {"open-lpr/7": [[50, 50, 90, 65]]},
+        "checked": {"open-lpr/7": [[100, 100, 140, 115]]},
+        "unsure": {"open-lpr/7": [[200, 200, 220, 207]]},
+    }
+    (tmp_path / "audit.json").write_text(json.dumps(audit))
+    (tmp_path / "ignore.json").write_text(json.dumps({"open-lpr": {"7": [[101, 100, 141, 116], [300, 300, 330, 310]]}}))
+    assert D.add_audited_plates([item], str(tmp_path / "audit.json")) == 1
+    assert item.boxes.tolist()[-1] == [50, 50, 90, 65]
+    assert D.apply_ignore([item], str(tmp_path / "ignore.json"), str(tmp_path / "audit.json")) == 2
+    assert sorted(item.ignore.tolist()) == [[200, 200, 220, 207], [300, 300, 330, 310]]
