@@ -35,20 +35,15 @@ from anonymizer.detection import ModelCard
 from anonymizer_local.evaluation import iou_matrix
 
 from .face_verifier_data import near, proposal_detector
-from .plates_data import IGNORE, SOURCES, Source, load_coco, read_splits
+from .plates_data import IGNORE, SOURCES, Source, audited, key, load_coco, read_splits
 
 CACHE = Path("/tmp/anonymizer-plate-verifier")
-AUDIT = Path(__file__).resolve().parent / "plate_audit.json"  # real plates found by eye among the negatives
 TRAIN_FLOOR = 0.1  # proposals the verifier learns from
 VAL_FLOOR = 0.05  # as tools/plate_validation.py: every threshold of its grid is scored from these
 POSITIVE_IOU = 0.4
 NEGATIVE_IOU = 0.1
 MAX_TRAIN: dict[str, int] = {}  # per source, a fixed, evenly spaced subset (verifier 1: open-lpr 900 of 2,323)
 CHECKED_IOU = 0.6  # a proposal this close to a box the audit found not to be a plate is that same thing
-
-
-def key(source: str, image_id: int) -> str:
-    return f"{source}/{image_id}"
 
 
 def image_ids(src: Source, split: str, items) -> list:
@@ -99,16 +94,6 @@ def load_proposals(split: str, cache: Path = CACHE) -> list[dict]:
     return [
         r for src in SOURCES if (p := cache / f"{split}-{src.name}.json").exists() for r in json.loads(p.read_text())
     ]
-
-
-def audited() -> dict[str, dict[str, np.ndarray]]:
-    """The audit: ``{"plates"|"checked"|"unsure": {"<source>/<id>": N x 4}}`` — real unlabelled
-    plates, proposals looked at and found not to be plates, and those too small or dark to tell."""
-    data = json.loads(AUDIT.read_text()) if AUDIT.exists() else {}
-    return {
-        kind: {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in data.get(kind, {}).items()}
-        for kind in ("plates", "checked", "unsure")
-    }
 
 
 def in_ignore(boxes: np.ndarray, ignore: np.ndarray) -> np.ndarray:

@@ -190,21 +190,32 @@ def load_parts(splits: dict | None = None) -> dict[str, list[Item]]:
     return parts
 
 
-def _audit(path: str = AUDIT) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def key(source: str, image_id: int) -> str:
+    """An image's key in the audit: ``<source>/<image id>``."""
+    return f"{source}/{image_id}"
+
+
+def audited(path: str = AUDIT) -> dict[str, dict[str, np.ndarray]]:
+    """The audit: ``{"plates"|"checked"|"unsure": {"<source>/<id>": N x 4}}`` — real unlabelled
+    plates, proposals looked at and found not to be plates, and those too small or dark to tell."""
+    data = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    return {
+        kind: {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in data.get(kind, {}).items()}
+        for kind in ("plates", "checked", "unsure")
+    }
 
 
 def _audited(audit: dict, kind: str, it: Item) -> np.ndarray:
-    return np.array(audit.get(kind, {}).get(f"{it.source}/{it.image_id}", []), np.float32).reshape(-1, 4)
+    return audit[kind].get(key(it.source, it.image_id), np.zeros((0, 4), np.float32))
 
 
 def add_audited_plates(items: list[Item], path: str = AUDIT) -> int:
     """Real plates the labels miss, found by eye in the verifier's audit (training photos only),
     become positives: unboxed, they would teach the detector to miss plates like them."""
-    audit, n = _audit(path), 0
+    audit, n = audited(path), 0
     for it in items:
         extra = _audited(audit, "plates", it)
         if len(extra):
@@ -217,26 +228,21 @@ def apply_ignore(items: list[Item], path: str = IGNORE, audit_path: str = AUDIT)
     """Set each training item's ignore boxes from ``training.ignore_regions``' file (re-read every
     epoch, as that scan may still be running) and the audit's unsure boxes, less the scanned boxes
     the audit found not to be plates (those stay negatives); returns how many boxes were set."""
+    from anonymizer_local.evaluation import iou_matrix
+
     ignore = {}
     if os.path.exists(path):
         with open(path) as f:
             ignore = json.load(f)
-    audit, n = _audit(audit_path), 0
+    audit, n = audited(audit_path), 0
     for it in items:
         scanned = np.array(ignore.get(it.source, {}).get(str(it.image_id), []), np.float32).reshape(-1, 4)
         checked = _audited(audit, "checked", it)  # looked at: not plates, so they stay negatives
         if len(scanned) and len(checked):
-            scanned = scanned[_iou(scanned, checked).max(1) < 0.3]
+            scanned = scanned[iou_matrix(scanned, checked).max(1) < 0.3]
         it.ignore = np.vstack([scanned, _audited(audit, "unsure", it)]).astype(np.float32)
         n += len(it.ignore)
     return n
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-6)
 
 
 def face_backgrounds() -> list[str]:

@@ -32,8 +32,8 @@ from anonymizer.verification import crop_with_context, verified_scores
 from anonymizer_local.evaluation import evaluate, load_coco
 from tools.plate_validation import pooled  # the pooled row exactly as the validation tool writes it
 
-from .plate_verifier_data import AUDIT, CACHE, VAL_FLOOR, audited, key, label_proposals, load_proposals
-from .plates_data import SOURCES
+from .plate_verifier_data import CACHE, VAL_FLOOR, label_proposals, load_proposals
+from .plates_data import AUDIT, SOURCES, audited, key
 from .train_face_verifier import MODELS, SIZE, TinyVerifier, export, fit, jitter, predict, to_tensor, verifier_arguments
 
 CONTEXT = 2.0  # crop side / proposal's longer side (a plate and the car around it)
@@ -45,7 +45,7 @@ FLOORS = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 def build(split: str, cache: Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Crops, labels, detector scores and record index of a split (cached as npz per audit)."""
-    audit_tag = hashlib.sha256(AUDIT.read_bytes()).hexdigest()[:8] if AUDIT.exists() else "none"
+    audit_tag = hashlib.sha256(Path(AUDIT).read_bytes()).hexdigest()[:8] if Path(AUDIT).exists() else "none"
     out = cache / f"crops_{split}_{SIZE}_{CONTEXT}_{audit_tag}.npz"
     if out.exists():
         return dict(np.load(out))
