@@ -15,6 +15,10 @@ what else it fires on (signs, stickers, timestamps, badges, grilles).
   The audit (training/plate_audit.json, by eye on contact sheets) turns unlabelled real plates
   into positives; openimages-dev negatives are used only where audited (its labels are not
   exhaustive).
+- Photos without cars: every proposal on the face verifier's training half of
+  ``faces/street-masks-dev`` (people, shop signs, captions, watermarks; two audits by eye of
+  every plate box the product put on that set found no plate) is a negative. Its validation half
+  (odd ids, ``face_verifier_splits.json``) is where plate boxes per photo without cars are counted.
 
     python -m training.plate_verifier_data              # cached in /tmp/anonymizer-plate-verifier
     python -m training.plate_verifier_data --sheets     # contact sheets of the negatives, to audit
@@ -34,7 +38,7 @@ from anonymizer import imageio
 from anonymizer.detection import ModelCard
 from anonymizer_local.evaluation import iou_matrix
 
-from .face_verifier_data import near, proposal_detector
+from .face_verifier_data import DATA, near, proposal_detector, validation_ids
 from .plates_data import IGNORE, SOURCES, Source, audited, key, load_coco, read_splits
 
 CACHE = Path("/tmp/anonymizer-plate-verifier")
@@ -44,6 +48,7 @@ POSITIVE_IOU = 0.4
 NEGATIVE_IOU = 0.1
 MAX_TRAIN: dict[str, int] = {}  # per source, a fixed, evenly spaced subset (verifier 1: open-lpr 900 of 2,323)
 CHECKED_IOU = 0.6  # a proposal this close to a box the audit found not to be a plate is that same thing
+BACKGROUND = "street-masks-dev"  # photos without cars: their proposals are negatives
 
 
 def image_ids(src: Source, split: str, items) -> list:
@@ -88,12 +93,41 @@ def make_proposals(cache: Path = CACHE, splits: tuple[str, ...] = ("val", "train
             print(
                 f"{split} {src.name}: {len(items)} images, {n} proposals, {time.perf_counter() - t0:.0f} s", flush=True
             )
+    if "train" in splits:
+        background_proposals(detector, cache)
+
+
+def background_proposals(detector, cache: Path = CACHE) -> None:
+    """``train-street-masks-dev.json``: proposals on the training half of the people photos."""
+    out = cache / f"train-{BACKGROUND}.json"
+    root = DATA / "faces" / BACKGROUND
+    if out.exists() or not (root / "annotations.json").exists():
+        return
+    items = load_coco(root, BACKGROUND)
+    held = validation_ids("street", items)
+    records = []
+    for it in items:
+        if it.image_id in held:
+            continue
+        dets = detector.detect(imageio.decode(Path(it.path).read_bytes()).pixels, TRAIN_FLOOR)
+        records.append(
+            {
+                "source": BACKGROUND,
+                "id": it.image_id,
+                "path": str(it.path),
+                "plates": [],
+                "ignore": [],
+                "boxes": [list(d.box) for d in dets],
+                "scores": [d.score for d in dets],
+            }
+        )
+    out.write_text(json.dumps(records))
+    print(f"train {BACKGROUND}: {len(records)} images, {sum(len(r['boxes']) for r in records)} proposals", flush=True)
 
 
 def load_proposals(split: str, cache: Path = CACHE) -> list[dict]:
-    return [
-        r for src in SOURCES if (p := cache / f"{split}-{src.name}.json").exists() for r in json.loads(p.read_text())
-    ]
+    names = [src.name for src in SOURCES] + [BACKGROUND]
+    return [r for name in names if (p := cache / f"{split}-{name}.json").exists() for r in json.loads(p.read_text())]
 
 
 def in_ignore(boxes: np.ndarray, ignore: np.ndarray) -> np.ndarray:
@@ -131,20 +165,38 @@ def label_proposals(record: dict, audit: dict | None = None, trust_labels: bool 
     return labels
 
 
-def sheets(cache: Path = CACHE, out: Path = Path("/tmp/plate-audit"), below: int = 96, extra: int = 64) -> None:
+def sheets(
+    cache: Path = CACHE,
+    out: Path = Path("/tmp/plate-audit"),
+    below: int = 96,
+    extra: int = 64,
+    source: str | None = None,
+    fresh: bool = False,
+) -> None:
     """Contact sheets of the training negatives (openimages-dev's unlabelled proposals included:
     the sheets are its audit), highest score first: every one at or above the card's threshold,
     then ``below`` random ones under it and ``extra`` more from openimages-dev (whose negatives
-    are used only where audited). ``index.json`` maps each numbered tile to its image key and box."""
+    are used only where audited). ``source``: that source's only; ``fresh``: only proposals the
+    audit has not looked at yet (a second round). ``index.json`` maps each numbered tile to its
+    image key and box."""
     from anonymizer.verification import crop_with_context
 
     out.mkdir(parents=True, exist_ok=True)
     threshold = ModelCard.load("plate").threshold
     empty: dict = {"plates": {}, "checked": {}, "unsure": {}}
+    audit = audited()
     rows = []
     for rec in load_proposals("train", cache):
-        for box, score, lab in zip(rec["boxes"], rec["scores"], label_proposals(rec, empty, True), strict=True):
-            if lab == 0:
+        if source and rec["source"] != source:
+            continue
+        k = key(rec["source"], rec["id"])
+        boxes = np.asarray(rec["boxes"], np.float32).reshape(-1, 4)
+        seen = np.zeros(len(boxes), bool)
+        for kind in ("plates", "checked", "unsure"):
+            seen |= near(boxes, audit[kind].get(k), CHECKED_IOU)
+        labels = label_proposals(rec, empty, True)
+        for box, score, lab, old in zip(rec["boxes"], rec["scores"], labels, seen, strict=True):
+            if lab == 0 and not (fresh and old):
                 rows.append((score, rec["source"], rec["id"], rec["path"], box))
     rows.sort(key=lambda r: -r[0])
     top = [r for r in rows if r[0] >= threshold]
@@ -180,8 +232,12 @@ if __name__ == "__main__":
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--sheets", action="store_true", help="contact sheets of the negatives, for the audit")
     parser.add_argument("--split", action="append", choices=["val", "train"], help="only these splits")
+    parser.add_argument("--source", help="sheets of this source's negatives only")
+    parser.add_argument("--fresh", action="store_true", help="sheets of proposals the audit has not looked at")
+    parser.add_argument("--below", type=int, default=96, help="sheets: random negatives under the threshold")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/plate-audit"), help="sheets: where")
     args = parser.parse_args()
     if args.sheets:
-        sheets(args.cache)
+        sheets(args.cache, args.out, args.below, 64, args.source, args.fresh)
     else:
         make_proposals(args.cache, tuple(args.split or ("train", "val")))

@@ -160,10 +160,10 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = torch.where(grey, x.mean(1, keepdim=True).expand_as(x), x)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * u(0.6, 1.4) + mean * u(0.6, 1.4)
-    small = torch.rand(n, generator=gen) < 0.4  # a small or soft face: down to 8-32 px and back up
+    small = torch.rand(n, generator=gen) < 0.4  # a small or soft object: down to 8-32 px wide and back up
     if small.any():
         side = int(torch.randint(8, 33, (1,), generator=gen))
-        low = F.interpolate(x[small], size=(side, side), mode="area")
+        low = F.interpolate(x[small], size=(max(2, round(side * x.shape[2] / x.shape[3])), side), mode="area")
         x[small] = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
     x = x + torch.randn(x.shape, generator=gen) * u(0, 0.04)
     return x.clamp(0, 1)
@@ -328,12 +328,12 @@ def write_card(model: Path, sha: str, point: dict, args) -> None:
     model.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
 
 
-def export(model: nn.Module, out: Path) -> str:
-    """ONNX (opset 13, dynamic batch): input ``input`` N x 3 x SIZE x SIZE RGB 0..1, output ``logit``."""
+def export(model: nn.Module, out: Path, height: int = SIZE, width: int = SIZE) -> str:
+    """ONNX (opset 13, dynamic batch): input ``input`` N x 3 x height x width RGB 0..1, output ``logit``."""
     model.eval()
     torch.onnx.export(
         model,
-        torch.zeros(1, 3, SIZE, SIZE),
+        torch.zeros(1, 3, height, width),
         str(out),
         input_names=["input"],
         output_names=["logit"],

@@ -28,25 +28,30 @@ import torch
 
 from anonymizer import imageio
 from anonymizer.detection import Detection
-from anonymizer.verification import crop_with_context, verified_scores
+from anonymizer.verification import crop_height, crop_with_context, verified_scores
 from anonymizer_local.evaluation import evaluate, load_coco
 from tools.plate_validation import pooled  # the pooled row exactly as the validation tool writes it
 
 from .plate_verifier_data import CACHE, VAL_FLOOR, label_proposals, load_proposals
 from .plates_data import AUDIT, SOURCES, audited, key
-from .train_face_verifier import MODELS, SIZE, TinyVerifier, export, fit, jitter, predict, to_tensor, verifier_arguments
+from .train_face_verifier import MODELS, TinyVerifier, export, fit, jitter, predict, to_tensor, verifier_arguments
 
-CONTEXT = 2.0  # crop side / proposal's longer side (a plate and the car around it)
+SIZE = 96  # crop width, px: a plate keeps 48 px of its width
+CONTEXT = 2.0  # crop width / proposal's width (a plate and the car around it)
+ASPECT = 0.5  # crop height / width: wide, like a plate with its bumper
 BASE_THRESHOLD = 0.475  # plate v6 alone, by the rule (plate_validation.py --card verifier=null --choose)
 THRESHOLDS = np.round(np.arange(0.10, 0.601, 0.025), 3)
 WEIGHTS = (0.0, 0.5, 1.0)
 FLOORS = (0.0, 0.1, 0.2, 0.3, 0.5)
 
 
-def build(split: str, cache: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """Crops, labels, detector scores and record index of a split (cached as npz per audit)."""
+def build(
+    split: str, cache: Path, seed: int = 0, size: int = SIZE, context: float = CONTEXT, aspect: float = ASPECT
+) -> dict[str, np.ndarray]:
+    """Crops, labels, detector scores and record index of a split (cached as npz per audit, photos and geometry)."""
     audit_tag = hashlib.sha256(Path(AUDIT).read_bytes()).hexdigest()[:8] if Path(AUDIT).exists() else "none"
-    out = cache / f"crops_{split}_{SIZE}_{CONTEXT}_{audit_tag}.npz"
+    records = load_proposals(split, cache)
+    out = cache / f"crops_{split}_{len(records)}_{size}_{context}_{aspect}_{audit_tag}.npz"
     if out.exists():
         return dict(np.load(out))
     rng = np.random.RandomState(seed)
@@ -54,12 +59,12 @@ def build(split: str, cache: Path, seed: int = 0) -> dict[str, np.ndarray]:
     crops, labels, scores, rids = [], [], [], []
 
     def add(image, box, label, score, rid):
-        crops.append(crop_with_context(image, box, SIZE, CONTEXT))
+        crops.append(crop_with_context(image, box, size, context, aspect))
         labels.append(label)
         scores.append(score)
         rids.append(rid)
 
-    for rid, rec in enumerate(load_proposals(split, cache)):
+    for rid, rec in enumerate(records):
         image = imageio.decode(Path(rec["path"]).read_bytes()).pixels
         lab = label_proposals(rec, audit)
         for box, score, label in zip(rec["boxes"], rec["scores"], lab, strict=True):
@@ -157,13 +162,15 @@ def train(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    val = build("val", args.cache)
+    geometry = {"size": args.size, "context": args.context, "aspect": args.aspect}
+    val = build("val", args.cache, **geometry)
     xv = to_tensor(val["crops"])
     model = TinyVerifier(args.width)
+    weights = args.cache / f"plate_verifier_{args.tag}.pt"
     if args.from_checkpoint:
-        model.load_state_dict(torch.load(args.cache / "plate_verifier.pt"))
+        model.load_state_dict(torch.load(weights))
     else:
-        data = build("train", args.cache)
+        data = build("train", args.cache, **geometry)
         x, y = to_tensor(data["crops"]), torch.from_numpy(data["labels"]).float()
         print(f"train: {int(y.sum())} positives, {int((1 - y).sum())} negatives; val: {len(xv)} crops", flush=True)
         t0 = time.perf_counter()
@@ -176,13 +183,15 @@ def train(args) -> None:
                   f"proposals {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
 
         fit(model, x, y, epochs=args.epochs, batch=args.batch, lr=args.lr, gen=gen, report=report)
-        torch.save(model.state_dict(), args.cache / "plate_verifier.pt")
+        torch.save(model.state_dict(), weights)
     probs = predict(model, xv)
     records = load_proposals("val", args.cache)
     base = figures(records, val["scores"], args.base_threshold)
     point = choose(records, val, probs, base)
-    (args.cache / "choice.json").write_text(json.dumps({"base": base, **point}, indent=1))
-    sha = export(model, args.out)
+    (args.cache / f"choice_{args.tag}.json").write_text(json.dumps({"base": base, **point}, indent=1))
+    if args.dry_run:
+        return
+    sha = export(model, args.out, crop_height(args.size, args.aspect), args.size)
     write_card(args.out, sha, base, point, args)
 
 
@@ -196,8 +205,9 @@ def write_card(model: Path, sha: str, base: dict, point: dict, args) -> None:
         "sha256": sha,
         "threshold": chosen["floor"],
         "weight": chosen["weight"],
-        "input_size": SIZE,
-        "context": CONTEXT,
+        "input_size": args.size,
+        "context": args.context,
+        "aspect": args.aspect,
         "operating_threshold": chosen["threshold"],
         "chosen_on": "the mixed validation split of training/splits.json (743 photos, never trained on)",
         "rule": "max of min(recall@0.5 / 0.95, precision@0.5 / 0.90) pooled (the detector threshold's rule) where "
@@ -207,7 +217,8 @@ def write_card(model: Path, sha: str, base: dict, point: dict, args) -> None:
             "chosen": _brief(chosen["rows"]) if chosen["rows"] else None,
         },
         "recipe": "python -m training.plate_verifier_data && python -m training.train_plate_verifier "
-        f"--epochs {args.epochs} --width {args.width} --seed {args.seed} --base-threshold {args.base_threshold}",
+        f"--epochs {args.epochs} --width {args.width} --seed {args.seed} --base-threshold {args.base_threshold} "
+        f"--size {args.size} --context {args.context} --aspect {args.aspect}",
     }
     model.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
 
@@ -227,6 +238,11 @@ def main() -> None:
         default=BASE_THRESHOLD,
         help="the detector's own threshold without a verifier (its rule's choice): the figures to beat",
     )
+    parser.add_argument("--size", type=int, default=SIZE, help="crop width, px")
+    parser.add_argument("--context", type=float, default=CONTEXT, help="crop width / proposal width")
+    parser.add_argument("--aspect", type=float, default=ASPECT, help="crop height / width")
+    parser.add_argument("--tag", default="shipped", help="names the cached weights and choice of a trial")
+    parser.add_argument("--dry-run", action="store_true", help="train and choose only: no export, no card")
     train(parser.parse_args())
 
 

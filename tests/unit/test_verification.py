@@ -124,3 +124,15 @@ def test_verify_passes_everything_through_without_a_verifier(face_card):
     plain = CenterNetDetector(replace(face_card, verifier=None))
     dets = [Detection("face", 0.3, (1.0, 2.0, 30.0, 40.0))]
     assert plain.verify(np.zeros((50, 50, 3), np.uint8), dets, 0.5) == dets
+
+
+def test_a_wide_crop_keeps_a_wide_box_at_its_width():
+    """A plate verifier's crop: ``aspect`` 0.5 gives a 2:1 crop, ``context`` times the box wide."""
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[90:110, 110:190] = 255  # an 80 x 20 px white "plate"
+    crop = crop_with_context(image, (110, 90, 190, 110), 96, 2.0, 0.5)  # 160 x 80 px around it -> 96 x 48
+    assert crop.shape == (48, 96, 3)
+    assert crop[20:28, 26:70].min() == 255 and crop[:, :20].max() == 0 and crop[:14].max() == 0
+    tall = crop_with_context(image, (140, 60, 160, 140), 96, 2.0, 0.5)  # 20 x 80: the height decides, 320 x 160 px
+    assert tall.shape == (48, 96, 3) and tall[22:26, 38:58].min() == 255 and tall[:, :2].max() == 0  # x from -10
+    assert crops_blob(image, [(110, 90, 190, 110)], 96, 2.0, 0.5).shape == (1, 3, 48, 96)

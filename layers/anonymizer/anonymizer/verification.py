@@ -34,38 +34,45 @@ class VerifierCard:
     sha256: str
     threshold: float  # a proposal whose probability is under this is dropped whatever its score
     weight: float  # the score becomes detector score x probability ** weight (0: the probability only gates)
-    input_size: int  # side of the square crop the network sees, px
-    context: float  # the crop's side, in units of the proposal's longer side (the box and context)
+    input_size: int  # width of the crop the network sees, px
+    context: float  # the crop's width, in units of the proposal's width (or of its height / aspect if taller)
+    aspect: float = 1.0  # the crop's height / width (plates: a wide crop, so the plate keeps its pixels)
 
     @classmethod
     def load(cls, path: Path) -> VerifierCard:
         data = json.loads(path.read_text())
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def crop_with_context(image: np.ndarray, box: Box, size: int, context: float) -> np.ndarray:
-    """A ``size`` x ``size`` BGR crop centred on ``box``, ``context`` times its longer side wide.
+def crop_with_context(image: np.ndarray, box: Box, size: int, context: float, aspect: float = 1.0) -> np.ndarray:
+    """A ``size`` wide, ``size * aspect`` high BGR crop centred on ``box``, ``context`` times the
+    box wide (or ``context`` times its height / ``aspect``, whichever is larger).
 
     Parts outside the image are black (the network learns that edge); shrinking averages
     (INTER_AREA), so a big face looks like a small one does, not aliased.
     """
     x1, y1, x2, y2 = box
-    side = max(1, round(max(x2 - x1, y2 - y1, 1.0) * context))
+    side = max(1, round(max(x2 - x1, (y2 - y1) / aspect, 1.0) * context))
+    tall = max(1, round(side * aspect))
     h, w = image.shape[:2]
-    x0, y0 = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
-    canvas = np.zeros((side, side, 3), np.uint8)
-    ax, ay, bx, by = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    x0, y0 = round((x1 + x2 - side) / 2), round((y1 + y2 - tall) / 2)
+    canvas = np.zeros((tall, side, 3), np.uint8)
+    ax, ay, bx, by = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + tall)
     if bx > ax and by > ay:
         canvas[ay - y0 : by - y0, ax - x0 : bx - x0] = image[ay:by, ax:bx]
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(canvas, (size, size), interpolation=interpolation)
+    return cv2.resize(canvas, (size, crop_height(size, aspect)), interpolation=interpolation)
 
 
-def crops_blob(image: np.ndarray, boxes: Sequence[Box], size: int, context: float) -> np.ndarray:
+def crop_height(size: int, aspect: float) -> int:
+    return max(1, round(size * aspect))
+
+
+def crops_blob(image: np.ndarray, boxes: Sequence[Box], size: int, context: float, aspect: float = 1.0) -> np.ndarray:
     """Crops of every box as one float NCHW RGB batch in 0..1 (the network's input)."""
-    blob = np.empty((len(boxes), 3, size, size), np.float32)
+    blob = np.empty((len(boxes), 3, crop_height(size, aspect), size), np.float32)
     for i, box in enumerate(boxes):
-        blob[i] = crop_with_context(image, box, size, context)[:, :, ::-1].transpose(2, 0, 1) / 255.0
+        blob[i] = crop_with_context(image, box, size, context, aspect)[:, :, ::-1].transpose(2, 0, 1) / 255.0
     return blob
 
 
@@ -89,7 +96,7 @@ class Verifier:
         """The network's probability that each box holds its label (0..1)."""
         if not len(boxes):
             return np.zeros(0, np.float32)
-        blob = crops_blob(image, boxes, self.card.input_size, self.card.context)
+        blob = crops_blob(image, boxes, self.card.input_size, self.card.context, self.card.aspect)
         try:
             (logits,) = self.session.run(["logit"], {"input": blob})
         except Exception as exc:  # onnxruntime raises its own types; never let an image through
@@ -105,8 +112,10 @@ class Verifier:
 def verified_scores(scores: np.ndarray, probs: np.ndarray, weight: float, floor: float) -> np.ndarray:
     """Detector score x probability ** ``weight``, 0 under the probability ``floor``.
 
-    Why a product: two independent opinions rank faces better than either alone (AP50 rises),
-    and the operating threshold keeps one meaning, a score, with or without a verifier.
+    Why a product: two independent opinions rank objects better than either alone (AP50 rises),
+    and the operating threshold keeps one meaning, a score, with or without a verifier. (A
+    geometric mean that would let the verifier lift low-scoring proposals was tried for plates
+    and chose the same operating point: plate-verifier.md.)
     """
     weighted = scores * np.power(probs.astype(np.float64), weight)
     return np.where(probs >= floor, weighted, 0.0).astype(np.float32)
