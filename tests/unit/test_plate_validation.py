@@ -51,3 +51,15 @@ def test_the_rule_keeps_recall_as_labelled_where_audited_precision_holds(audit, 
     thr, pooled = plate_validation.choose(cache, checked)
     assert thr == 0.65  # 0.5 keeps the sign (audited precision 2/3); 0.65 drops it, both plates stay
     assert pooled["recall@0.5"] == 1.0 and pooled["precision@0.5"] == 1.0
+
+
+def test_on_shrunk_photos_the_audit_is_scaled_along(audit):
+    """``--shrink``: the photo and its detections at half size; the audit's boxes follow."""
+    half = lambda b: tuple(v / 2 for v in b)  # noqa: E731
+    truth = ImageTruth(7, Path("x.jpg"), 500, 250, {"plate": np.asarray([half(LABELLED)], np.float32)})
+    boxes = (LABELLED, MISSED_BY_LABELS, UNCLEAR, SIGN)
+    found = {7: [Detection("plate", 0.9, half(b)) for b in boxes]}
+    checked = plate_validation.audited({"web-cars": ([truth], found)}, audit, {"web-cars": {7: 1000}})
+    (got,) = checked["web-cars"][0]
+    np.testing.assert_allclose(got.boxes["plate"], [half(LABELLED), half(MISSED_BY_LABELS)])
+    assert [d.box for d in checked["web-cars"][1][7]] == [half(LABELLED), half(MISSED_BY_LABELS), half(SIGN)]
