@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from anonymizer import imageio  # noqa: E402
 from anonymizer.options import parse_options, parse_settings  # noqa: E402
 from anonymizer.pipeline import Anonymizer  # noqa: E402
-from anonymizer_local.evaluation import ImageTruth, evaluate, iou_matrix, load_coco  # noqa: E402
+from anonymizer_local.evaluation import ImageTruth, evaluate, iou_matrix, load_coco, pooled  # noqa: E402
 from training.plates_data import SOURCES, key, read_splits  # noqa: E402
 
 VAL_AUDIT = REPO / "training" / "plate_val_audit.json"
@@ -184,34 +184,6 @@ def score(cache: dict, threshold: float) -> dict[str, dict]:
         rows[name] = evaluate(truths, lambda t, f=found: f[t.image_id], ["plate"], {"plate": threshold})["plate"]
     rows["all (pooled)"] = pooled(rows)
     return rows
-
-
-def pooled(rows: dict[str, dict]) -> dict:
-    """All sources together: recall and precision pooled over objects and detections."""
-    objects = sum(r["objects"] for r in rows.values())
-    dets = sum(r["detections"] for r in rows.values())
-    widths: dict[str, dict] = {}
-    for r in rows.values():
-        for k, v in r["recall@0.5_by_width"].items():
-            w = widths.setdefault(k, {"objects": 0, "found": 0.0})
-            w["objects"] += v["objects"]
-            w["found"] += (v["recall"] or 0) * v["objects"]
-    empty = sum(r["images_without"] for r in rows.values())
-    return {
-        "images": sum(r["images"] for r in rows.values()),
-        "objects": objects,
-        "threshold": next(iter(rows.values()))["threshold"],
-        "recall@0.5": round(sum(r["recall@0.5"] * r["objects"] for r in rows.values()) / objects, 4),
-        "precision@0.5": round(sum(r["precision@0.5"] * r["detections"] for r in rows.values()) / max(dets, 1), 4),
-        "AP50": None,
-        "detections": dets,
-        "recall@0.5_by_width": {
-            k: {"objects": v["objects"], "recall": round(v["found"] / v["objects"], 4) if v["objects"] else None}
-            for k, v in widths.items()
-        },
-        "images_without": empty,
-        "false_per_image_without": None,
-    }
 
 
 def choose(cache: dict, checked: dict | None = None) -> tuple[float, dict]:

@@ -29,8 +29,7 @@ import torch
 from anonymizer import imageio
 from anonymizer.detection import Detection
 from anonymizer.verification import crop_height, crop_with_context, verified_scores
-from anonymizer_local.evaluation import evaluate, load_coco
-from tools.plate_validation import pooled  # the pooled row exactly as the validation tool writes it
+from anonymizer_local.evaluation import evaluate, load_coco, pooled  # the pooled row as the validation tool writes it
 
 from .plate_verifier_data import CACHE, VAL_FLOOR, label_proposals, load_proposals
 from .plates_data import AUDIT, SOURCES, audited, key

@@ -172,3 +172,32 @@ def recall_by_width(widths: np.ndarray, found: np.ndarray) -> dict[str, dict]:
         name = f"<{hi:g}" if lo == 0 else (f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}")
         out[name] = {"objects": int(sel.sum()), "recall": round(float(found[sel].mean()), 4) if sel.any() else None}
     return out
+
+
+def pooled(rows: dict[str, dict]) -> dict:
+    """All sources together (rows of ``evaluate`` per source, one label): recall and precision
+    pooled over objects and detections, recall per width bin too."""
+    objects = sum(r["objects"] for r in rows.values())
+    dets = sum(r["detections"] for r in rows.values())
+    widths: dict[str, dict] = {}
+    for r in rows.values():
+        for k, v in r["recall@0.5_by_width"].items():
+            w = widths.setdefault(k, {"objects": 0, "found": 0.0})
+            w["objects"] += v["objects"]
+            w["found"] += (v["recall"] or 0) * v["objects"]
+    empty = sum(r["images_without"] for r in rows.values())
+    return {
+        "images": sum(r["images"] for r in rows.values()),
+        "objects": objects,
+        "threshold": next(iter(rows.values()))["threshold"],
+        "recall@0.5": round(sum(r["recall@0.5"] * r["objects"] for r in rows.values()) / objects, 4),
+        "precision@0.5": round(sum(r["precision@0.5"] * r["detections"] for r in rows.values()) / max(dets, 1), 4),
+        "AP50": None,
+        "detections": dets,
+        "recall@0.5_by_width": {
+            k: {"objects": v["objects"], "recall": round(v["found"] / v["objects"], 4) if v["objects"] else None}
+            for k, v in widths.items()
+        },
+        "images_without": empty,
+        "false_per_image_without": None,
+    }
