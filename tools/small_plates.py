@@ -3,8 +3,9 @@
 
     python tools/small_plates.py [--widths 16,20,24,32,40] [--json build/small-plates.json]
 
-Every labelled plate of the held-out splits (``training/splits.json``: the held-out dashcam
-video, and the held-out web-cars photos that are not copies of training photos) is made ``w`` px wide by
+Every labelled plate of the validation split (``training/splits.json`` ``val_image_ids``: the
+held-out dashcam videos, and the web-cars validation photos, copies of them included) of the
+two complete-label sources is made ``w`` px wide by
 shrinking its whole photo (INTER_AREA, as a distant camera would see it), and the shrunk photo
 is placed in a 1920x1080 grey frame (cropped around the plate when it does not fit). The
 pipeline then runs exactly as in production (faces and plates, default policy); the plate
@@ -28,13 +29,12 @@ FRAME = (1080, 1920)
 
 
 def held_out_plates():
-    """(image path, plate box) for every labelled plate of the held-out splits."""
+    """(image path, plate box) for every labelled plate of the dashcam and web-cars validation split."""
     from anonymizer_local.evaluation import load_coco
 
     splits = json.loads((ROOT / "training" / "splits.json").read_text())
-    held = {"romania-dashcam": "holdout_image_ids", "web-cars": "holdout_unique_image_ids"}
-    for folder, key in held.items():
-        for truth in load_coco(DATA / folder, splits[folder][key]):
+    for folder in ("romania-dashcam", "web-cars"):
+        for truth in load_coco(DATA / folder, splits[folder]["val_image_ids"]):
             for box in truth.boxes.get("plate", []):
                 yield truth.path, box
 
