@@ -73,26 +73,7 @@ def make_proposals(cache: Path = CACHE, splits: tuple[str, ...] = ("val", "train
             if out.exists() or not Path(src.root, "annotations.json").exists():
                 continue
             items = image_ids(src, split, load_coco(src.root, src.name))
-            t0, records = time.perf_counter(), []
-            for it in items:
-                pixels = imageio.decode(Path(it.path).read_bytes()).pixels
-                dets = detector.detect(pixels, floor)
-                records.append(
-                    {
-                        "source": src.name,
-                        "id": it.image_id,
-                        "path": it.path,
-                        "plates": it.boxes.tolist(),
-                        "ignore": ignore.get(src.name, {}).get(str(it.image_id), []),
-                        "boxes": [list(d.box) for d in dets],
-                        "scores": [d.score for d in dets],
-                    }
-                )
-            out.write_text(json.dumps(records))
-            n = sum(len(r["boxes"]) for r in records)
-            print(
-                f"{split} {src.name}: {len(items)} images, {n} proposals, {time.perf_counter() - t0:.0f} s", flush=True
-            )
+            write_proposals(detector, items, floor, out, ignore.get(src.name, {}))
     if "train" in splits:
         background_proposals(detector, cache)
 
@@ -103,26 +84,30 @@ def background_proposals(detector, cache: Path = CACHE) -> None:
     root = DATA / "faces" / BACKGROUND
     if out.exists() or not (root / "annotations.json").exists():
         return
-    items = load_coco(root, BACKGROUND)
+    items = load_coco(str(root), BACKGROUND)  # no plate category there: no plates
     held = validation_ids("street", items)
-    records = []
+    write_proposals(detector, [it for it in items if it.image_id not in held], TRAIN_FLOOR, out, {})
+
+
+def write_proposals(detector, items: list, floor: float, out: Path, ignore: dict) -> None:
+    """The detector's proposals from ``floor`` on each item, with its plates and ignore regions, into ``out``."""
+    t0, records = time.perf_counter(), []
     for it in items:
-        if it.image_id in held:
-            continue
-        dets = detector.detect(imageio.decode(Path(it.path).read_bytes()).pixels, TRAIN_FLOOR)
+        dets = detector.detect(imageio.decode(Path(it.path).read_bytes()).pixels, floor)
         records.append(
             {
-                "source": BACKGROUND,
+                "source": it.source,
                 "id": it.image_id,
-                "path": str(it.path),
-                "plates": [],
-                "ignore": [],
+                "path": it.path,
+                "plates": it.boxes.tolist(),
+                "ignore": ignore.get(str(it.image_id), []),
                 "boxes": [list(d.box) for d in dets],
                 "scores": [d.score for d in dets],
             }
         )
     out.write_text(json.dumps(records))
-    print(f"train {BACKGROUND}: {len(records)} images, {sum(len(r['boxes']) for r in records)} proposals", flush=True)
+    n = sum(len(r["boxes"]) for r in records)
+    print(f"{out.stem}: {len(items)} images, {n} proposals, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def load_proposals(split: str, cache: Path = CACHE) -> list[dict]:

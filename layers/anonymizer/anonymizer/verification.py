@@ -53,7 +53,7 @@ def crop_with_context(image: np.ndarray, box: Box, size: int, context: float, as
     """
     x1, y1, x2, y2 = box
     side = max(1, round(max(x2 - x1, (y2 - y1) / aspect, 1.0) * context))
-    tall = max(1, round(side * aspect))
+    tall = crop_height(side, aspect)
     h, w = image.shape[:2]
     x0, y0 = round((x1 + x2 - side) / 2), round((y1 + y2 - tall) / 2)
     canvas = np.zeros((tall, side, 3), np.uint8)
@@ -64,8 +64,9 @@ def crop_with_context(image: np.ndarray, box: Box, size: int, context: float, as
     return cv2.resize(canvas, (size, crop_height(size, aspect)), interpolation=interpolation)
 
 
-def crop_height(size: int, aspect: float) -> int:
-    return max(1, round(size * aspect))
+def crop_height(width: int, aspect: float) -> int:
+    """A crop's height in px for its width and aspect (height / width)."""
+    return max(1, round(width * aspect))
 
 
 def crops_blob(image: np.ndarray, boxes: Sequence[Box], size: int, context: float, aspect: float = 1.0) -> np.ndarray:
