@@ -24,7 +24,7 @@ def test_the_plate_verifier_card_matches_its_model():
     card = VerifierCard.load(CARD)
     assert card.verifies == "plate" and 0 <= card.threshold < 1 and card.weight >= 0
     assert hashlib.sha256((MODELS_DIR / card.file).read_bytes()).hexdigest() == card.sha256
-    assert (MODELS_DIR / card.file).stat().st_size < 1_000_000  # a small model
+    assert (MODELS_DIR / card.file).stat().st_size < 3_000_000  # a small model (verifier 4, width 48: 2.2 MB)
 
 
 def test_the_plate_card_names_the_verifier_only_with_its_operating_point():
