@@ -63,3 +63,19 @@ def test_on_shrunk_photos_the_audit_is_scaled_along(audit):
     (got,) = checked["web-cars"][0]
     np.testing.assert_allclose(got.boxes["plate"], [half(LABELLED), half(MISSED_BY_LABELS)])
     assert [d.box for d in checked["web-cars"][1][7]] == [half(LABELLED), half(MISSED_BY_LABELS), half(SIGN)]
+
+
+def test_the_rule_asks_the_audited_precision_of_every_source(audit, monkeypatch):
+    """A second source with 8 plates and a sign scoring 0.7: at 0.65 the pooled audited precision
+    holds 0.90 (10 of 11) but that source's does not (8 of 9), so the rule goes on to 0.75."""
+    monkeypatch.setattr(plate_validation, "GRID", np.array([0.5, 0.65, 0.75]))
+    cache = _cache((0.9, 0.8, 0.7, 0.6))
+    plates = [(100.0 + 100 * k, 300.0, 180.0 + 100 * k, 320.0) for k in range(8)]
+    truth = ImageTruth(8, Path("y.jpg"), 1000, 500, {"plate": np.asarray(plates, np.float32)})
+    found = [Detection("plate", 0.95, b) for b in plates] + [Detection("plate", 0.7, SIGN)]
+    cache["open-lpr"] = ([truth], {8: found})
+    checked = plate_validation.audited(cache, audit)
+    at_065 = plate_validation.score(checked, 0.65)
+    assert at_065["all (pooled)"]["precision@0.5"] >= 0.9 > at_065["open-lpr"]["precision@0.5"]
+    thr, pooled = plate_validation.choose(cache, checked)
+    assert thr == 0.75 and pooled["recall@0.5"] == 1.0
