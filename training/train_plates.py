@@ -105,6 +105,15 @@ def losses(model, batch, device, amp):
     return l_hm, l_sc, l_off
 
 
+def batch_stream(gen, rng, args):
+    """Endless training batches of ``args.size`` crops; ``args.big_prob`` of them ``args.big_size``
+    crops, fewer per batch (about the same pixels)."""
+    while True:
+        S = args.big_size if rng.rand() < args.big_prob else args.size
+        B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
+        yield make_batch(gen, S, B)
+
+
 def sample_batches(items, backgrounds, args, weights):
     """Training batches drawn by ``args.workers`` processes, each with its own generator and seed
     (a GPU outruns one process's crops, warps and augmentation many times over)."""
@@ -116,11 +125,7 @@ def sample_batches(items, backgrounds, args, weights):
             info = torch.utils.data.get_worker_info()
             seed = args.seed * 1000 + (info.id if info else 0) + 1
             gen = D.SampleGenerator(items, backgrounds, seed=seed, weights=weights)
-            rng = np.random.RandomState(seed)
-            while True:
-                S = args.big_size if rng.rand() < args.big_prob else args.size
-                B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
-                yield make_batch(gen, S, B)
+            return batch_stream(gen, np.random.RandomState(seed), args)
 
     loader = torch.utils.data.DataLoader(
         Batches(), batch_size=None, num_workers=args.workers, prefetch_factor=4, persistent_workers=True
@@ -240,7 +245,6 @@ def main(argv=None):
             sys.exit(f"--weights: unknown source {name!r} (known: {', '.join(weights)})")
         weights[name] = float(value)
     gen = D.SampleGenerator(train, backgrounds, seed=args.seed, weights=weights)
-    batches = sample_batches(train, backgrounds, args, weights) if args.workers else None
     log(
         f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates, "
         f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {len(gen.crops)}, "
@@ -288,7 +292,10 @@ def main(argv=None):
 
     for group in opt.param_groups:
         group["lr"] = lr_at(0.0)
-    rng = np.random.RandomState(args.seed + 1)
+    if args.workers:
+        batches = sample_batches(train, backgrounds, args, weights)
+    else:
+        batches = batch_stream(gen, np.random.RandomState(args.seed + 1), args)
 
     def set_train():
         model.train()
@@ -310,13 +317,8 @@ def main(argv=None):
             if step >= total or (args.budget_min and time.time() - t0 > 60 * args.budget_min):
                 total = step
                 break
-            if batches is not None:
-                batch = next(batches)
-                S, B = batch[0].shape[-1], batch[0].shape[0]
-            else:
-                S = args.big_size if rng.rand() < args.big_prob else args.size
-                B = args.batch if args.size == S else max(1, int(args.batch * (args.size / S) ** 2))
-                batch = make_batch(gen, S, B)
+            batch = next(batches)
+            S, B = batch[0].shape[-1], batch[0].shape[0]
             l_hm, l_sc, l_off = losses(model, batch, device, amp)
             loss = l_hm + l_sc + l_off
             opt.zero_grad(set_to_none=True)
