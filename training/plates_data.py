@@ -8,7 +8,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 
 import cv2
 import numpy as np
@@ -437,7 +437,6 @@ class SampleGenerator:
         self.backgrounds = backgrounds
         self.rng = np.random.RandomState(seed)
         self.cache: dict[str, np.ndarray] = {}
-        self.crops = self._plate_crops()
 
     def imread(self, path):
         im = self.cache.get(path)
@@ -447,7 +446,10 @@ class SampleGenerator:
                 self.cache[path] = im
         return im
 
-    def _plate_crops(self):
+    @cached_property
+    def crops(self) -> list[np.ndarray]:
+        """Every labelled plate cut out, for copy-paste samples; made on first use, since it reads
+        every photo (a process that only hands work to sample workers never needs it)."""
         crops = []
         for it in self.items:
             im = self.imread(it.path)

@@ -245,9 +245,10 @@ def main(argv=None):
             sys.exit(f"--weights: unknown source {name!r} (known: {', '.join(weights)})")
         weights[name] = float(value)
     gen = D.SampleGenerator(train, backgrounds, seed=args.seed, weights=weights)
+    n_crops = "made in each worker" if args.workers else len(gen.crops)
     log(
         f"train images {len(train)} ({sum(len(i.boxes) for i in train)} plates, "
-        f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {len(gen.crops)}, "
+        f"{sum(len(i.ignore) for i in train)} ignore regions), plate crops {n_crops}, "
         f"face backgrounds {len(gen.backgrounds)}; "
         f"sources {dict(zip(gen.pool_names, gen.pool_p.round(3), strict=True))}; "
         f"validation {len(parts['val'])} images: "

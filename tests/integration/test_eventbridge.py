@@ -170,3 +170,33 @@ def test_eventbridge_keys_as_sent_and_url_encoded(local, load_fn, engine, small_
     report = s3.get_object(Bucket=local.names.output_bucket, Key="door/x y+z.jpg.report.json")
     report = json.loads(report["Body"].read())
     assert report["source"]["key"] == "door/x y+z.jpg"
+
+
+def test_eventbridge_too_large_url_encoded_key_fails_under_the_real_key(local, load_fn, engine, small_jpeg):
+    """An object the event already says is too large is never downloaded; when its EventBridge key
+    came URL-encoded, the failure report and the input's tags land on the object that exists."""
+    s3, sqs = local.client("s3"), local.client("sqs")
+    bucket = local.names.input_bucket
+    fn = load_fn("s3_anonymize", MAX_OBJECT_BYTES=str(len(small_jpeg) - 1))
+    s3.put_object(Bucket=bucket, Key="big/x y+z.jpg", Body=small_jpeg)
+    s3.put_object(Bucket=bucket, Key="big/c++.jpg", Body=small_jpeg)
+    sqs.purge_queue(QueueUrl=local.resources["queue_url"])
+    for key in ("big/x+y%2Bz.jpg", "big/c++.jpg"):  # encoded; a real "+" sent as it is
+        event = {
+            "version": "0",
+            "source": "aws.s3",
+            "detail-type": "Object Created",
+            "detail": {"bucket": {"name": bucket}, "object": {"key": key, "size": len(small_jpeg)}},
+        }
+        sqs.send_message(QueueUrl=local.resources["queue_url"], MessageBody=json.dumps(event))
+    runs = local.pump(fn.lambda_handler)
+    assert all(run["response"] == {"batchItemFailures": []} for run in runs)
+    assert output_images(local) == []  # fail closed
+    reports = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=local.names.output_bucket).get("Contents", []))
+    assert reports == ["big/c++.jpg.report.json", "big/x y+z.jpg.report.json"]
+    for key in ("big/x y+z.jpg", "big/c++.jpg"):
+        report = json.loads(s3.get_object(Bucket=local.names.output_bucket, Key=f"{key}.report.json")["Body"].read())
+        assert report["status"] == "failed" and report["error"] == "image_too_large"
+        assert report["source"]["key"] == key
+        tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+        assert tags["anonymizer-status"] == "failed"

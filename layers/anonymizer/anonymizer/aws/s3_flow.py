@@ -247,7 +247,13 @@ def process_object(
         if is_video_key(ref.key):
             return start_video(config.video_state_machine, ref.bucket, ref.key, ref.version_id, ref.etag, ref.size)
     if ref.size is not None and ref.size > config.max_object_bytes:
-        # The event already says it is too large: no HEAD, no download.
+        # The event already says it is too large: no download. One HEAD only when an EventBridge
+        # key may have come URL-encoded, so that the failure is recorded under the real key.
+        decoded = decoded_ref(ref) if key_as_sent else None
+        if decoded is not None and storage.head(ref.bucket, ref.key, version_id=ref.version_id) is None:
+            return process_object(
+                decoded, storage=storage, anonymizer=anonymizer, config=config, events=events, key_as_sent=False
+            )
         error = ImageTooLargeError(
             f"object is {ref.size} bytes; the limit is {config.max_object_bytes} bytes (MAX_OBJECT_BYTES)"
         )
