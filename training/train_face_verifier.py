@@ -66,9 +66,13 @@ class TinyVerifier(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(chans[-1], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the heads read."""
         mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        return self.head(self.features(x - mean).mean((2, 3)))
+        return self.features(x - mean).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
 
 
 def _key(path: str) -> str:
@@ -147,14 +151,15 @@ def build(split: str, cache: Path, seed: int = 0) -> dict[str, np.ndarray]:
     return data
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Photometric and resolution jitter on a batch in 0..1 (NCHW)."""
+def augment(x: torch.Tensor, gen: torch.Generator, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Photometric and resolution jitter on a batch in 0..1 (NCHW), and mirror images: ``flip``
+    (N bools, drawn by :func:`flips`) says which; None draws them here."""
     n = x.shape[0]
 
     def u(lo, hi, *shape):
         return torch.rand(*(shape or (n, 1, 1, 1)), generator=gen) * (hi - lo) + lo
 
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = flips(n, gen) if flip is None else flip
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     grey = (torch.rand(n, generator=gen) < 0.15).view(-1, 1, 1, 1)
     x = torch.where(grey, x.mean(1, keepdim=True).expand_as(x), x)
@@ -167,6 +172,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x[small] = F.interpolate(low, size=x.shape[2:], mode="bilinear", align_corners=False)
     x = x + torch.randn(x.shape, generator=gen) * u(0, 0.04)
     return x.clamp(0, 1)
+
+
+def flips(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` crops :func:`augment` mirrors (half of them)."""
+    return torch.rand(n, generator=gen) < 0.5
 
 
 def to_tensor(crops: np.ndarray) -> torch.Tensor:
@@ -283,21 +293,28 @@ def fit(
     lr: float,
     gen: torch.Generator,
     report: Callable[[int, float], None],
+    batch_loss: Callable[..., torch.Tensor] | None = None,
 ) -> None:
     """The verifiers' training loop (faces and plates): AdamW with a one-cycle LR, BCE weighted so
-    both classes count alike, augmentation per batch; ``report(epoch, mean loss)`` after each epoch."""
+    both classes count alike, augmentation per batch; ``report(epoch, mean loss)`` after each epoch.
+    ``batch_loss(model, idx, pos_weight)``: another loss per batch of indices (the plate verifier's
+    box head)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * (len(x) // batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
-    pos_weight = (1 - y).sum() / y.sum()
+    labelled = y >= 0
+    pos_weight = (1 - y[labelled]).sum() / y[labelled].sum()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for b in range(len(x) // batch):
             idx = order[b * batch : (b + 1) * batch]
-            logits = model(augment(x[idx].clone(), gen)).flatten()
-            loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
+            if batch_loss is not None:
+                loss = batch_loss(model, idx, pos_weight)
+            else:
+                logits = model(augment(x[idx].clone(), gen)).flatten()
+                loss = F.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -328,16 +345,17 @@ def write_card(model: Path, sha: str, point: dict, args) -> None:
     model.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
 
 
-def export(model: nn.Module, out: Path, height: int = SIZE, width: int = SIZE) -> str:
-    """ONNX (opset 13, dynamic batch): input ``input`` N x 3 x height x width RGB 0..1, output ``logit``."""
+def export(model: nn.Module, out: Path, height: int = SIZE, width: int = SIZE, outputs: tuple = ("logit",)) -> str:
+    """ONNX (opset 13, dynamic batch): input ``input`` N x 3 x height x width RGB 0..1, output ``logit``
+    (and ``box`` for a verifier with a box head)."""
     model.eval()
     torch.onnx.export(
         model,
         torch.zeros(1, 3, height, width),
         str(out),
         input_names=["input"],
-        output_names=["logit"],
-        dynamic_axes={"input": {0: "n"}, "logit": {0: "n"}},
+        output_names=list(outputs),
+        dynamic_axes={"input": {0: "n"}, **{name: {0: "n"} for name in outputs}},
         opset_version=13,
         dynamo=False,
     )

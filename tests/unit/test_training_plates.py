@@ -162,3 +162,34 @@ def test_a_packed_photo_keeps_its_small_plates_and_its_scale(tmp_path, monkeypat
     assert json.loads((tmp_path / "pack" / D.PACK_ITEMS).read_text())["summary"]["settings"]["min_plate"] == 40
     # a crop "at the product's scale" of the packed photo is drawn 4x: the original's 1:1
     assert D.inference_scale(packed.extra["shape"]) / packed.extra["scale"] == pytest.approx(4.0)
+
+
+def test_the_box_heads_targets_are_what_the_product_undoes_and_mirror_with_the_crop():
+    torch = pytest.importorskip("torch")
+    from anonymizer.verification import refined_boxes
+    from training.train_plate_verifier import BoxVerifier, box_loss, edge_deltas
+
+    box, plate = [100.0, 50.0, 140.0, 62.0], [96.0, 52.0, 141.0, 66.0]
+    deltas = edge_deltas(box, plate)
+    np.testing.assert_allclose(refined_boxes(np.float32([box]), np.float32([deltas]))[0], plate, atol=1e-4)
+
+    class Mirror(torch.nn.Module):
+        """Answers the deltas of a crop from its pixels: right edge where the crop is bright."""
+
+        def forward(self, x):
+            bright_right = (
+                x[..., x.shape[-1] // 2 :].mean((1, 2, 3)) > x[..., : x.shape[-1] // 2].mean((1, 2, 3))
+            ).float()
+            d = torch.stack([-0.2 * (1 - bright_right), 0 * bright_right, 0.2 * bright_right, 0 * bright_right], 1)
+            return torch.zeros(len(x), 1), d
+
+    x = torch.zeros(32, 3, 8, 16)
+    x[..., 8:] = 1.0  # bright on the right: the target says the right edge moves out
+    targets = torch.tensor([[0.0, 0.0, 0.2, 0.0]] * 32)
+    loss = box_loss(x, torch.full((32,), -1.0).index_fill(0, torch.tensor([0]), 1.0), targets, torch.Generator())
+    bce_only = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.zeros(1), torch.ones(1), pos_weight=torch.tensor(1.0)
+    )
+    # whichever crops were mirrored, their targets were mirrored with them: no box loss is left
+    assert float(loss(Mirror(), torch.arange(32), torch.tensor(1.0))) == pytest.approx(float(bce_only), abs=1e-3)
+    assert BoxVerifier(8)(torch.zeros(2, 3, 48, 96))[1].shape == (2, 4)

@@ -12,7 +12,14 @@ import pytest
 
 from anonymizer.detection import MODELS_DIR, CenterNetDetector, Detection, ModelCard, get_detector
 from anonymizer.errors import DetectionError
-from anonymizer.verification import Verifier, VerifierCard, crop_with_context, crops_blob, verified_scores
+from anonymizer.verification import (
+    Verifier,
+    VerifierCard,
+    crop_with_context,
+    crops_blob,
+    refined_boxes,
+    verified_scores,
+)
 
 
 def test_crop_is_centred_on_the_box_with_its_context():
@@ -136,3 +143,38 @@ def test_a_wide_crop_keeps_a_wide_box_at_its_width():
     tall = crop_with_context(image, (140, 60, 160, 140), 96, 2.0, 0.5)  # 20 x 80: the height decides, 320 x 160 px
     assert tall.shape == (48, 96, 3) and tall[22:26, 38:58].min() == 255 and tall[:, :2].max() == 0  # x from -10
     assert crops_blob(image, [(110, 90, 190, 110)], 96, 2.0, 0.5).shape == (1, 3, 48, 96)
+
+
+def test_refined_boxes_move_each_edge_by_its_delta_and_stay_boxes():
+    boxes = np.float32([[10, 20, 50, 30], [0, 0, 10, 10]])
+    deltas = np.float32([[0.1, -0.5, -0.25, 0.2], [3.0, 0.0, -3.0, 0.0]])  # the second: clipped to +-1
+    moved = refined_boxes(boxes, deltas)
+    assert moved[0] == pytest.approx([14, 15, 40, 32])
+    assert refined_boxes(boxes, deltas, 0.5)[0] == pytest.approx([12, 17.5, 45, 31])  # half the way
+    assert moved[1][2] - moved[1][0] == pytest.approx(1.0)  # left +10, right -10: kept 1 px wide
+    assert refined_boxes(boxes[:0], deltas[:0]).shape == (0, 4)
+
+
+class MovingVerifier:
+    """A verifier whose box head moves every proposal onto one spot; probabilities as given."""
+
+    def __init__(self, probs, spot):
+        self.card = VerifierCard("plate", "x.onnx", "x", "0", 0.2, 1.0, 96, 2.0, 0.5, refine=1.0)
+        self.probs, self.spot = np.float32(probs), spot
+
+    def verify(self, image, boxes, scores):
+        moved = np.float32([self.spot] * len(boxes))
+        return verified_scores(np.float32(scores), self.probs, 1.0, 0.2), moved
+
+
+def test_a_refining_verifier_moves_boxes_and_one_nms_merges_those_that_meet():
+    card = ModelCard.load("plate")
+    detector = CenterNetDetector(replace(card, verifier=None))
+    detector.verifier = MovingVerifier([0.9, 0.8, 0.1], (100.0, 50.0, 160.0, 70.0))
+    dets = [
+        Detection("plate", 0.8, (95.0, 48.0, 150.0, 66.0)),
+        Detection("plate", 0.7, (104.0, 52.0, 170.0, 74.0)),
+        Detection("plate", 0.9, (300.0, 50.0, 360.0, 70.0)),  # rejected by the verifier (0.1 < 0.2)
+    ]
+    kept = detector.verify(np.zeros((120, 400, 3), np.uint8), dets, 0.3)
+    assert [(d.box, round(d.score, 3)) for d in kept] == [((100.0, 50.0, 160.0, 70.0), 0.72)]

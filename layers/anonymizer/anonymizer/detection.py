@@ -163,8 +163,12 @@ class CenterNetDetector:
         """Detections rescored by the card's verifier, kept from ``threshold`` (as they are without one)."""
         if self.verifier is None or not detections:
             return detections
-        scores = self.verifier.rescore(image, [d.box for d in detections], [d.score for d in detections])
-        return [replace(d, score=float(v)) for d, v in zip(detections, scores, strict=True) if v >= threshold]
+        scores, boxes = self.verifier.verify(image, [d.box for d in detections], [d.score for d in detections])
+        kept = np.flatnonzero(scores >= threshold)
+        if self.verifier.card.refine:  # refined boxes of one object may meet: one NMS again
+            boxes = np.clip(boxes, 0, [image.shape[1], image.shape[0]] * 2).astype(np.float32)
+            kept = kept[nms(boxes[kept], scores[kept], 0.4)] if len(kept) else kept
+        return [replace(detections[i], score=float(scores[i]), box=tuple(float(v) for v in boxes[i])) for i in kept]
 
     def _adjust(self, boxes: np.ndarray, w: int, h: int) -> np.ndarray:
         """Map the model's box convention to the one our data labels (see the model card)."""

@@ -37,6 +37,7 @@ class VerifierCard:
     input_size: int  # width of the crop the network sees, px
     context: float  # the crop's width, in units of the proposal's width (or of its height / aspect if taller)
     aspect: float = 1.0  # the crop's height / width (plates: a wide crop, so the plate keeps its pixels)
+    refine: float = 0.0  # the network also says where the object's edges are (output "box"): this share of the way
 
     @classmethod
     def load(cls, path: Path) -> VerifierCard:
@@ -95,19 +96,47 @@ class Verifier:
 
     def probabilities(self, image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """The network's probability that each box holds its label (0..1)."""
+        return self.check(image, boxes)[0]
+
+    def check(self, image: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
+        """(probability per box, the boxes moved towards where the network sees the object's edges
+        by the card's ``refine`` share, else as given; N x 4)."""
+        given = np.asarray(boxes, np.float32).reshape(-1, 4)
         if not len(boxes):
-            return np.zeros(0, np.float32)
+            return np.zeros(0, np.float32), given
         blob = crops_blob(image, boxes, self.card.input_size, self.card.context, self.card.aspect)
+        names = ["logit", "box"] if self.card.refine else ["logit"]
         try:
-            (logits,) = self.session.run(["logit"], {"input": blob})
+            outputs = self.session.run(names, {"input": blob})
         except Exception as exc:  # onnxruntime raises its own types; never let an image through
             raise DetectionError(f"{self.card.verifies} verifier failed to run") from exc
-        return (1 / (1 + np.exp(-logits.reshape(-1).astype(np.float64)))).astype(np.float32)
+        probs = (1 / (1 + np.exp(-outputs[0].reshape(-1).astype(np.float64)))).astype(np.float32)
+        return probs, refined_boxes(given, outputs[1], self.card.refine) if self.card.refine else given
 
     def rescore(self, image: np.ndarray, boxes: Sequence[Box], scores: Sequence[float]) -> np.ndarray:
         """The detector's scores of these boxes, weighted by the verifier (0 where it rejects a box)."""
-        probs = self.probabilities(image, boxes)
-        return verified_scores(np.asarray(scores, np.float32), probs, self.card.weight, self.card.threshold)
+        return self.verify(image, boxes, scores)[0]
+
+    def verify(self, image: np.ndarray, boxes: Sequence[Box], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(the scores weighted by the verifier, 0 where it rejects a box; the boxes, refined when it refines)."""
+        probs, moved = self.check(image, boxes)
+        return verified_scores(np.asarray(scores, np.float32), probs, self.card.weight, self.card.threshold), moved
+
+
+def refined_boxes(boxes: np.ndarray, deltas: np.ndarray, share: float = 1.0) -> np.ndarray:
+    """Boxes moved ``share`` of the way by a box head's edge deltas (left, top, right, bottom edge,
+    in units of the box's width and height, clipped to +-1), at least 1 px wide and high. A share
+    under 1 shrinks a noisy estimate towards the detector's own box.
+
+    Why a second look at the edges: at 6-10 px of plate height, a box 2 px off is a miss at IoU 0.5,
+    and the detector's stride-4 grid places small boxes that coarsely; the verifier sees the
+    proposal on a crop at its own scale."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    d = np.clip(np.asarray(deltas, np.float32).reshape(-1, 4), -1.0, 1.0)
+    out = boxes + share * d * np.stack([w, h, w, h], 1)
+    out[:, 2] = np.maximum(out[:, 2], out[:, 0] + 1.0)
+    out[:, 3] = np.maximum(out[:, 3], out[:, 1] + 1.0)
+    return out.astype(np.float32)
 
 
 def verified_scores(scores: np.ndarray, probs: np.ndarray, weight: float, floor: float) -> np.ndarray:
