@@ -165,9 +165,10 @@ class CenterNetDetector:
             return detections
         scores, boxes = self.verifier.verify(image, [d.box for d in detections], [d.score for d in detections])
         kept = np.flatnonzero(scores >= threshold)
-        if self.verifier.card.refine:  # refined boxes of one object may meet: one NMS again
-            boxes = np.clip(boxes, 0, [image.shape[1], image.shape[0]] * 2).astype(np.float32)
-            kept = kept[nms(boxes[kept], scores[kept], 0.4)] if len(kept) else kept
+        if not self.verifier.card.refine:
+            return [replace(detections[i], score=float(scores[i])) for i in kept]
+        boxes = np.clip(boxes, 0, [image.shape[1], image.shape[0]] * 2).astype(np.float32)
+        kept = kept[nms(boxes[kept], scores[kept], 0.4)] if len(kept) else kept  # refined boxes may meet
         return [replace(detections[i], score=float(scores[i]), box=tuple(float(v) for v in boxes[i])) for i in kept]
 
     def _adjust(self, boxes: np.ndarray, w: int, h: int) -> np.ndarray:
