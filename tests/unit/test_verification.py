@@ -110,7 +110,7 @@ def test_the_detector_keeps_only_what_its_verifier_confirms(astronaut_bgr, face_
     proposals = plain.detect(astronaut_bgr, 0.05)
     verified = get_detector("face").detect(astronaut_bgr, 0.05)
     assert plain.verifier is None and get_detector("face").verifier is not None
-    rescored = get_detector("face").verifier.rescore(
+    rescored, _ = get_detector("face").verifier.verify(
         astronaut_bgr, [d.box for d in proposals], [d.score for d in proposals]
     )
     expected = [replace(d, score=float(v)) for d, v in zip(proposals, rescored, strict=True) if v >= 0.05]

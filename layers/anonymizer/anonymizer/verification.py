@@ -79,7 +79,7 @@ def crops_blob(image: np.ndarray, boxes: Sequence[Box], size: int, context: floa
 
 
 class Verifier:
-    """One verifier network: ``probabilities`` for boxes, ``rescore`` for the detector's scores."""
+    """One verifier network: ``probabilities`` for boxes, ``verify`` for the detector's scores and boxes."""
 
     def __init__(self, card: VerifierCard, models_dir: Path):
         self.card = card
@@ -112,10 +112,6 @@ class Verifier:
             raise DetectionError(f"{self.card.verifies} verifier failed to run") from exc
         probs = (1 / (1 + np.exp(-outputs[0].reshape(-1).astype(np.float64)))).astype(np.float32)
         return probs, refined_boxes(given, outputs[1], self.card.refine) if self.card.refine else given
-
-    def rescore(self, image: np.ndarray, boxes: Sequence[Box], scores: Sequence[float]) -> np.ndarray:
-        """The detector's scores of these boxes, weighted by the verifier (0 where it rejects a box)."""
-        return self.verify(image, boxes, scores)[0]
 
     def verify(self, image: np.ndarray, boxes: Sequence[Box], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """(the scores weighted by the verifier, 0 where it rejects a box; the boxes, refined when it refines)."""
